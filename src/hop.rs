@@ -1,0 +1,96 @@
+//! Hop-by-hop headers (RFC 9110 §7.6.1): meaningful for one connection only,
+//! so a proxy removes them in both directions, along with every header the
+//! `Connection` header names.
+
+use http::header::{self, HeaderMap, HeaderName};
+
+static HOP_HEADERS: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+];
+
+/// Removes hop-by-hop headers. `Upgrade` is removed too unless `keep_upgrade`
+/// (an upgrade being relayed needs it, with `Connection: upgrade` set again by the caller).
+pub fn strip(headers: &mut HeaderMap, keep_upgrade: bool) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        if !(keep_upgrade && name == header::UPGRADE) {
+            headers.remove(&name);
+        }
+    }
+    for name in &HOP_HEADERS {
+        headers.remove(name);
+    }
+    if !keep_upgrade {
+        headers.remove(header::UPGRADE);
+    }
+}
+
+/// Whether a request asks for a protocol upgrade (WebSocket and the like).
+pub fn is_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE)
+        && headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            if let (Ok(k), Ok(v)) = (HeaderName::from_bytes(k.as_bytes()), HeaderValue::from_str(v)) {
+                h.append(k, v);
+            }
+        }
+        h
+    }
+
+    #[test]
+    fn strips_standard_and_named_headers() {
+        let mut h = map(&[
+            ("connection", "close, X-Secret"),
+            ("x-secret", "1"),
+            ("keep-alive", "timeout=5"),
+            ("te", "trailers"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "websocket"),
+            ("proxy-authorization", "Basic x"),
+            ("x-kept", "yes"),
+        ]);
+        strip(&mut h, false);
+        assert_eq!(h.len(), 1);
+        assert_eq!(h.get("x-kept").map(|v| v.as_bytes()), Some(&b"yes"[..]));
+    }
+
+    #[test]
+    fn keeps_upgrade_when_relaying() {
+        let mut h = map(&[("connection", "Upgrade"), ("upgrade", "websocket")]);
+        assert!(is_upgrade(&h));
+        strip(&mut h, true);
+        assert!(h.contains_key("upgrade") && !h.contains_key("connection"));
+        assert!(!is_upgrade(&map(&[("upgrade", "websocket")])));
+        assert!(is_upgrade(&map(&[
+            ("connection", "keep-alive, upgrade"),
+            ("upgrade", "h2c")
+        ])));
+    }
+}

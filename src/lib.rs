@@ -1,0 +1,39 @@
+//! gatekeeper: a maintenance-mode gate in front of a web application.
+//!
+//! A request is decided by two facts: is maintenance on (a toggle file,
+//! watched with inotify), and is the real client allowed (resolved behind
+//! trusted proxies, matched against an allowlist). Allowed traffic is proxied
+//! to the upstream; everyone else gets a static 503 page.
+
+/// IP sets (allowlist, trusted proxies) with O(log n) lookups.
+pub mod allowlist;
+/// Command-line definition.
+pub mod cli;
+/// Real client address from the peer and trusted forwarding headers.
+pub mod client_ip;
+/// `check`, `on`, `off`, `status`.
+pub mod commands;
+/// TOML config: parsing, validation, located errors.
+pub mod config;
+/// `run`: the daemon's lifecycle.
+pub mod daemon;
+/// The pure proxy-or-page decision.
+pub mod decision;
+/// Hop-by-hop header handling.
+pub mod hop;
+/// Log setup.
+pub mod logging;
+/// Maintenance page, assets, error pages.
+pub mod page;
+/// Forwarding to the upstream.
+pub mod proxy;
+/// Listeners and per-request flow.
+pub mod server;
+/// The atomically swapped snapshot requests read.
+pub mod state;
+/// Toggle file content, reading, atomic writing.
+pub mod toggle;
+/// Durations and sizes.
+pub mod units;
+/// The toggle watcher (inotify + periodic re-check).
+pub mod watch;

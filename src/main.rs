@@ -1,0 +1,53 @@
+use std::process::ExitCode;
+
+use clap::Parser;
+use gatekeeper::cli::{Cli, Command};
+use gatekeeper::{commands, config::Config, daemon, logging};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let path = cli.config.as_path();
+    let result = match cli.command {
+        Command::Run => {
+            let config = match Config::load(path) {
+                Ok(c) => c,
+                Err(e) => return fail_config(&e),
+            };
+            logging::init(&config.log);
+            let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+                Ok(r) => r,
+                Err(e) => return fail(&anyhow::anyhow!("cannot start the async runtime: {e}")),
+            };
+            runtime.block_on(daemon::run(path, config)).map(|()| String::new())
+        }
+        Command::Check => match commands::check(path) {
+            Ok(_) => Ok(format!("config OK: {}", path.display())),
+            Err(e) => return fail_config(&e),
+        },
+        Command::On { message, retry_after } => commands::on(path, message, retry_after),
+        Command::Off => commands::off(path),
+        Command::Status => commands::status(path),
+    };
+    match result {
+        Ok(out) => {
+            if !out.is_empty() {
+                println!("{out}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => match e.downcast_ref::<gatekeeper::config::ConfigErrors>() {
+            Some(ce) => fail_config(ce),
+            None => fail(&e),
+        },
+    }
+}
+
+fn fail_config(e: &gatekeeper::config::ConfigErrors) -> ExitCode {
+    eprintln!("{e}");
+    ExitCode::from(2)
+}
+
+fn fail(e: &anyhow::Error) -> ExitCode {
+    eprintln!("gatekeeper: {e:#}");
+    ExitCode::from(1)
+}

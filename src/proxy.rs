@@ -1,0 +1,272 @@
+//! Forwarding to the upstream: a pooled keep-alive client over TCP or a Unix
+//! socket, the header rewrite (X-Real-IP, X-Forwarded-*, hop-by-hop), the
+//! response-head deadline (504), connection failures (502), and upgrade relay.
+
+use std::future::Future;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Request, Response, StatusCode, Uri};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::UnixStream;
+
+use crate::client_ip::{format_chain, Resolved};
+use crate::config::{Upstream, UpstreamTarget};
+use crate::hop;
+use crate::page;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// The body type of every response gatekeeper sends and every request it forwards.
+pub type Body = BoxBody<Bytes, BoxError>;
+
+/// Boxes a fixed response (page, asset, error) into the common body type.
+pub fn boxed(resp: Response<Full<Bytes>>) -> Response<Body> {
+    resp.map(|b| b.map_err(|never| match never {}).boxed())
+}
+
+/// Connects every request to one Unix socket, whatever the URI says.
+#[derive(Clone)]
+pub struct UnixConnector {
+    path: Arc<PathBuf>,
+    timeout: Duration,
+}
+
+impl tower_service::Service<Uri> for UnixConnector {
+    type Response = TokioIo<UnixStream>;
+    type Error = std::io::Error;
+    type Future = Pin<Box<dyn Future<Output = std::io::Result<Self::Response>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: Uri) -> Self::Future {
+        let (path, timeout) = (self.path.clone(), self.timeout);
+        Box::pin(async move {
+            match tokio::time::timeout(timeout, UnixStream::connect(path.as_path())).await {
+                Ok(stream) => stream.map(TokioIo::new),
+                Err(_) => Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")),
+            }
+        })
+    }
+}
+
+/// A pooled client for the configured upstream. Cheap to clone (shares the pool).
+#[derive(Clone)]
+pub enum UpstreamClient {
+    Tcp {
+        client: Client<HttpConnector, Body>,
+        base: Arc<str>,
+    },
+    Unix {
+        client: Client<UnixConnector, Body>,
+    },
+}
+
+impl UpstreamClient {
+    pub fn new(cfg: &Upstream) -> UpstreamClient {
+        let mut builder = Client::builder(TokioExecutor::new());
+        builder
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(1024);
+        match &cfg.target {
+            UpstreamTarget::Http(authority) => {
+                let mut conn = HttpConnector::new();
+                conn.set_nodelay(true);
+                conn.set_connect_timeout(Some(cfg.connect_timeout));
+                UpstreamClient::Tcp {
+                    client: builder.build(conn),
+                    base: Arc::from(format!("http://{authority}")),
+                }
+            }
+            UpstreamTarget::Unix(path) => UpstreamClient::Unix {
+                client: builder.build(UnixConnector {
+                    path: Arc::new(path.clone()),
+                    timeout: cfg.connect_timeout,
+                }),
+            },
+        }
+    }
+
+    fn uri(&self, path_and_query: &str) -> Result<Uri, http::Error> {
+        let base = match self {
+            UpstreamClient::Tcp { base, .. } => base,
+            UpstreamClient::Unix { .. } => "http://localhost",
+        };
+        Ok(format!("{base}{path_and_query}").parse::<Uri>()?)
+    }
+
+    async fn send(&self, req: Request<Body>) -> Result<Response<Incoming>, hyper_util::client::legacy::Error> {
+        match self {
+            UpstreamClient::Tcp { client, .. } => client.request(req).await,
+            UpstreamClient::Unix { client } => client.request(req).await,
+        }
+    }
+}
+
+/// Who sent the request, as far as the proxy needs to know.
+pub struct Origin<'a> {
+    pub peer: IpAddr,
+    pub peer_trusted: bool,
+    pub resolved: &'a Resolved,
+    pub https: bool,
+}
+
+/// How the upstream exchange ended, for logs and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Ok,
+    Unreachable,
+    Timeout,
+}
+
+impl Outcome {
+    pub fn label(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::Unreachable => "unreachable",
+            Outcome::Timeout => "timeout",
+        }
+    }
+}
+
+/// Forwards `req` and returns the upstream's answer (or a 502/504 page).
+pub async fn forward(
+    upstream: &UpstreamClient,
+    timeout: Duration,
+    mut req: Request<Incoming>,
+    origin: &Origin<'_>,
+    bypass: bool,
+) -> (Response<Body>, Outcome) {
+    let upgrade = hop::is_upgrade(req.headers());
+    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let (mut parts, body) = req.into_parts();
+
+    let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let uri = match upstream.uri(pq) {
+        Ok(u) => u,
+        Err(_) => return (boxed(page::error_response(StatusCode::BAD_REQUEST)), Outcome::Ok),
+    };
+    // HTTP/2 requests carry the host in the URI; the upstream speaks HTTP/1.1 and wants Host.
+    let host = parts.headers.get(header::HOST).cloned().or_else(|| {
+        parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    });
+    rewrite_request_headers(&mut parts.headers, origin, host, upgrade);
+    parts.uri = uri;
+    parts.version = http::Version::HTTP_11;
+    let out = Request::from_parts(parts, body.map_err(BoxError::from).boxed());
+
+    let mut resp = match tokio::time::timeout(timeout, upstream.send(out)).await {
+        Err(_) => {
+            return (
+                boxed(page::error_response(StatusCode::GATEWAY_TIMEOUT)),
+                Outcome::Timeout,
+            )
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(error = %error_chain(&e), "upstream request failed");
+            return (
+                boxed(page::error_response(StatusCode::BAD_GATEWAY)),
+                Outcome::Unreachable,
+            );
+        }
+        Ok(Ok(r)) => r,
+    };
+
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        match client_upgrade {
+            Some(client_side) => {
+                let upstream_side = hyper::upgrade::on(&mut resp);
+                tokio::spawn(async move {
+                    match tokio::try_join!(client_side, upstream_side) {
+                        Ok((c, u)) => {
+                            let (mut c, mut u) = (TokioIo::new(c), TokioIo::new(u));
+                            if let Err(e) = tokio::io::copy_bidirectional(&mut c, &mut u).await {
+                                tracing::debug!(error = %e, "upgraded connection ended");
+                            }
+                        }
+                        Err(e) => tracing::debug!(error = %e, "upgrade failed"),
+                    }
+                });
+            }
+            // SECURITY: never switch protocols on a connection that did not ask to.
+            None => {
+                return (
+                    boxed(page::error_response(StatusCode::BAD_GATEWAY)),
+                    Outcome::Unreachable,
+                )
+            }
+        }
+        hop::strip(resp.headers_mut(), true);
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        hop::strip(resp.headers_mut(), false);
+    }
+    if bypass {
+        resp.headers_mut()
+            .insert("x-maintenance-mode", HeaderValue::from_static("bypass"));
+    }
+    (resp.map(|b| b.map_err(BoxError::from).boxed()), Outcome::Ok)
+}
+
+fn rewrite_request_headers(h: &mut http::HeaderMap, origin: &Origin<'_>, host: Option<HeaderValue>, upgrade: bool) {
+    hop::strip(h, upgrade);
+    if upgrade {
+        h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+    // SECURITY: address headers from the client are replaced, never extended:
+    // the upstream sees only what gatekeeper verified.
+    h.remove("x-real-ip");
+    h.remove("forwarded");
+    h.remove("x-forwarded-for");
+    if let Some(client) = origin.resolved.client {
+        if let Ok(v) = HeaderValue::from_str(&client.to_string()) {
+            h.insert("x-real-ip", v);
+        }
+    }
+    if let Ok(v) = HeaderValue::from_str(&format_chain(&origin.resolved.chain)) {
+        h.insert("x-forwarded-for", v);
+    }
+    // A trusted proxy in front (a TLS-terminating balancer) knows the original
+    // scheme and host better than we do; anyone else's claim is replaced.
+    if !origin.peer_trusted || !h.contains_key("x-forwarded-proto") {
+        let proto = if origin.https { "https" } else { "http" };
+        h.insert("x-forwarded-proto", HeaderValue::from_static(proto));
+    }
+    if !origin.peer_trusted || !h.contains_key("x-forwarded-host") {
+        h.remove("x-forwarded-host");
+        if let Some(host) = &host {
+            h.insert("x-forwarded-host", host.clone());
+        }
+    }
+    if let Some(host) = host {
+        h.insert(header::HOST, host);
+    }
+    let _ = origin.peer;
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}

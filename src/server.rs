@@ -1,0 +1,187 @@
+//! Listeners and the per-request flow: accept (bounded by `max_connections`),
+//! serve HTTP/1.1 and h2c on one socket, load one snapshot, resolve the
+//! client, decide, answer or forward, log.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::{Method, Request, Response};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::client_ip;
+use crate::decision::{decide, under_bypass_path, Decision, Facts};
+use crate::page;
+use crate::proxy::{self, boxed, Body, Origin};
+use crate::state::State;
+
+/// Binds every configured address; a failure names the address.
+pub async fn bind(addrs: &[SocketAddr]) -> Result<Vec<TcpListener>, (SocketAddr, std::io::Error)> {
+    let mut out = Vec::with_capacity(addrs.len());
+    for &addr in addrs {
+        let sock = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()
+        } else {
+            tokio::net::TcpSocket::new_v6()
+        }
+        .map_err(|e| (addr, e))?;
+        sock.set_reuseaddr(true).map_err(|e| (addr, e))?;
+        sock.bind(addr).map_err(|e| (addr, e))?;
+        out.push(sock.listen(4096).map_err(|e| (addr, e))?);
+    }
+    Ok(out)
+}
+
+/// Accepts on `listener` until `shutdown`, serving each connection in `tracker`.
+pub async fn accept_loop(
+    listener: TcpListener,
+    state: Arc<State>,
+    limit: Arc<Semaphore>,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+) {
+    loop {
+        // Beyond max_connections new connections wait in the kernel's backlog.
+        let permit = tokio::select! {
+            p = limit.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+            _ = shutdown.cancelled() => return,
+        };
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // EMFILE/ENFILE/ENOBUFS and friends are transient: pause, don't die.
+                    tracing::warn!(error = %e, "accept failed; pausing 100ms");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.cancelled() => return,
+        };
+        let _ = stream.set_nodelay(true);
+        let state = state.clone();
+        let shutdown = shutdown.clone();
+        tracker.spawn(async move {
+            serve_connection(stream, peer, state, shutdown).await;
+            drop(permit);
+        });
+    }
+}
+
+async fn serve_connection(
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    state: Arc<State>,
+    shutdown: CancellationToken,
+) {
+    let limits = state.snapshot().rt.config.server.clone();
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .max_buf_size(limits.max_header_size.max(8192))
+        .max_headers(limits.max_headers);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(256)
+        .max_header_list_size(u32::try_from(limits.max_header_size).unwrap_or(u32::MAX))
+        .keep_alive_interval(Some(Duration::from_secs(30)));
+    let svc = service_fn(move |req| {
+        let state = state.clone();
+        async move { Ok::<_, Infallible>(handle(req, peer, &state, false).await) }
+    });
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => {
+            if let Err(e) = r {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        }
+        _ = shutdown.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
+}
+
+/// One request, start to end. Never fails: every problem becomes a response.
+pub async fn handle(req: Request<Incoming>, peer: SocketAddr, state: &State, https: bool) -> Response<Body> {
+    let start = Instant::now();
+    let snap = state.snapshot();
+    let (rt, m) = (&snap.rt, &snap.maint);
+    let cfg = &rt.config;
+
+    let peer_ip = canonical(peer.ip());
+    let resolved = client_ip::resolve(peer_ip, req.headers(), &rt.trusted, &cfg.clients.header);
+    let allowed = resolved.client.is_some_and(|ip| rt.allow.contains(ip));
+    let path = req.uri().path();
+    let get_or_head = matches!(*req.method(), Method::GET | Method::HEAD);
+    let asset = if m.active && get_or_head {
+        rt.pages.asset(path)
+    } else {
+        None
+    };
+    let decision = decide(Facts {
+        maintenance: m.active,
+        client_allowed: allowed,
+        bypass_path: m.active && under_bypass_path(path, &cfg.maintenance.bypass_paths),
+        asset: asset.is_some(),
+    });
+
+    let method = req.method().clone();
+    let log_path = cfg.log.access.then(|| req.uri().path().to_string());
+    let (resp, outcome) = match (decision, asset) {
+        (Decision::Page, _) | (Decision::Asset, None) => {
+            let accept = req.headers().get(http::header::ACCEPT);
+            (
+                boxed(page::maintenance_response(&m.rendered, &method, accept, m.retry_after)),
+                None,
+            )
+        }
+        (Decision::Asset, Some(a)) => (boxed(page::asset_response(a, &method)), None),
+        (Decision::Proxy { bypass }, _) => {
+            let origin = Origin {
+                peer: peer_ip,
+                peer_trusted: rt.trusted.contains(peer_ip),
+                resolved: &resolved,
+                https,
+            };
+            let (r, o) = proxy::forward(&rt.upstream, cfg.upstream.timeout, req, &origin, bypass).await;
+            (r, Some(o))
+        }
+    };
+    if let Some(path) = log_path {
+        let client = resolved.client.map_or_else(|| "unknown".to_string(), |c| c.to_string());
+        tracing::info!(
+            target: "access",
+            client = %client,
+            peer = %peer,
+            method = %method,
+            path = %path,
+            status = resp.status().as_u16(),
+            decision = decision.label(),
+            upstream = outcome.map_or("-", proxy::Outcome::label),
+            ms = format_args!("{:.3}", start.elapsed().as_secs_f64() * 1000.0),
+        );
+    }
+    resp
+}
+
+/// An IPv4-mapped IPv6 peer (dual-stack socket) is the IPv4 address it carries.
+fn canonical(ip: std::net::IpAddr) -> std::net::IpAddr {
+    match ip {
+        std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, std::net::IpAddr::V4),
+        v4 => v4,
+    }
+}

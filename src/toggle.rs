@@ -1,0 +1,201 @@
+//! The toggle file: maintenance is on exactly while it exists. Its optional
+//! TOML content carries `message` and `retry_after`. This module reads it (for
+//! the watcher and `status`) and writes it atomically (for `on`/`off`).
+
+use std::fs;
+use std::io::{self, Read, Write};
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use serde::{Deserialize, Serialize};
+
+use crate::units::parse_duration;
+
+/// Larger toggle files are read only this far: the content is a few short keys.
+const MAX_CONTENT: u64 = 64 << 10;
+
+/// The toggle file's content, as `gatekeeper on` writes it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ToggleContent {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// A duration ("10m") or integer seconds.
+    #[serde(skip_serializing_if = "Option::is_none", default, with = "retry_after_serde")]
+    pub retry_after: Option<Duration>,
+}
+
+mod retry_after_serde {
+    use super::*;
+    use serde::{Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.serialize_str(&humantime::format_duration(*d).to_string()),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        match toml::Value::deserialize(d)? {
+            toml::Value::Integer(n) if n >= 0 => Ok(Some(Duration::from_secs(n as u64))),
+            toml::Value::String(s) => parse_duration(&s).map(Some).map_err(serde::de::Error::custom),
+            other => Err(serde::de::Error::custom(format!(
+                "retry_after: expected a duration such as \"10m\", found {}",
+                other.type_str()
+            ))),
+        }
+    }
+}
+
+impl ToggleContent {
+    /// Parses the file's text; empty or whitespace-only text means all defaults.
+    pub fn parse(text: &str) -> Result<ToggleContent, String> {
+        if text.trim().is_empty() {
+            return Ok(ToggleContent::default());
+        }
+        toml::from_str(text).map_err(|e| e.message().to_string())
+    }
+
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).unwrap_or_default()
+    }
+}
+
+/// What the toggle path showed when it was last looked at.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Observed {
+    pub exists: bool,
+    /// Modification time of the toggle: "on since".
+    pub since: Option<SystemTime>,
+    pub content: ToggleContent,
+    /// Why the content was not usable (the toggle still counts as on).
+    pub warning: Option<String>,
+    /// Identity of what was read, to tell a real change from a repeated event.
+    pub fingerprint: Option<(u64, u64, Option<SystemTime>, Vec<u8>)>,
+}
+
+/// Looks at the toggle path, following symlinks. Any error other than
+/// "not found" still means on: an unreadable toggle must not open the site.
+pub fn observe(path: &Path) -> Observed {
+    let meta = match fs::metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Observed::default(),
+        Err(e) if e.raw_os_error() == Some(libc_enotdir()) => return Observed::default(),
+        Err(e) => {
+            return Observed {
+                exists: true,
+                warning: Some(format!("cannot inspect toggle {}: {e}", path.display())),
+                ..Observed::default()
+            }
+        }
+    };
+    let since = meta.modified().ok();
+    let mut bytes = Vec::new();
+    let read = fs::File::open(path).and_then(|f| f.take(MAX_CONTENT).read_to_end(&mut bytes));
+    let (content, warning) = match read {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Observed::default(),
+        Err(e) => (
+            ToggleContent::default(),
+            Some(format!("cannot read toggle {}: {e}", path.display())),
+        ),
+        Ok(_) => match std::str::from_utf8(&bytes)
+            .map_err(|e| e.to_string())
+            .and_then(ToggleContent::parse)
+        {
+            Ok(c) => (c, None),
+            Err(e) => (
+                ToggleContent::default(),
+                Some(format!(
+                    "toggle {} has malformed content, using defaults: {e}",
+                    path.display()
+                )),
+            ),
+        },
+    };
+    use std::os::unix::fs::MetadataExt;
+    Observed {
+        exists: true,
+        since,
+        content,
+        warning,
+        fingerprint: Some((meta.dev(), meta.ino(), since, bytes)),
+    }
+}
+
+fn libc_enotdir() -> i32 {
+    20 // ENOTDIR on Linux: a path component is a file, so the toggle cannot exist.
+}
+
+/// Creates or replaces the toggle atomically: a temporary file in the same
+/// directory, renamed into place, so a reader never sees a half-written file.
+pub fn write_atomic(path: &Path, content: &ToggleContent) -> io::Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".gatekeeper-toggle-")
+        .tempfile_in(dir)?;
+    tmp.write_all(content.to_toml().as_bytes())?;
+    tmp.as_file().sync_all()?;
+    // The daemon may run as another user than the operator who typed `on`.
+    use std::os::unix::fs::PermissionsExt;
+    tmp.as_file().set_permissions(fs::Permissions::from_mode(0o644))?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    Ok(())
+}
+
+/// Removes the toggle; removing an absent toggle is not an error.
+pub fn remove(path: &Path) -> io::Result<()> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_round_trip() {
+        let c = ToggleContent {
+            message: Some("Upgrading \"db\"".into()),
+            retry_after: Some(Duration::from_secs(1800)),
+        };
+        assert_eq!(ToggleContent::parse(&c.to_toml()), Ok(c));
+        assert_eq!(ToggleContent::parse(" \n"), Ok(ToggleContent::default()));
+        assert_eq!(
+            ToggleContent::parse("retry_after = 30").map(|c| c.retry_after),
+            Ok(Some(Duration::from_secs(30)))
+        );
+        assert!(ToggleContent::parse("message = ").is_err());
+        assert!(ToggleContent::parse("colour = 1").is_err());
+    }
+
+    #[test]
+    fn observe_write_remove() -> io::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let p = dir.path().join("maintenance-mode-on");
+        assert!(!observe(&p).exists);
+        write_atomic(
+            &p,
+            &ToggleContent {
+                message: Some("hi".into()),
+                retry_after: None,
+            },
+        )?;
+        let o = observe(&p);
+        assert!(o.exists && o.warning.is_none());
+        assert_eq!(o.content.message.as_deref(), Some("hi"));
+        fs::write(&p, "message = [")?;
+        let o = observe(&p);
+        assert!(o.exists && o.warning.is_some() && o.content == ToggleContent::default());
+        remove(&p)?;
+        remove(&p)?;
+        assert!(!observe(&p).exists);
+        assert!(!observe(&p.join("below-a-missing-file")).exists);
+        Ok(())
+    }
+}
