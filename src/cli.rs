@@ -56,6 +56,9 @@ pub enum Command {
         after_help = "Example:\n  gatekeeper status\n  maintenance: on since 2026-12-01T02:00:00Z (Upgrading the database)"
     )]
     Status,
+    /// Exit 0 when the running daemon's admin endpoint answers /healthz (for container health checks)
+    #[command(hide = true)]
+    Health,
 }
 
 fn parse_duration_arg(s: &str) -> Result<Duration, String> {

@@ -1,34 +1,57 @@
-//! `gatekeeper run`: load, bind, watch, serve; reload on SIGHUP; drain and exit
-//! on SIGTERM/SIGINT.
+//! `gatekeeper run`: load, bind (or take systemd's sockets), watch, serve;
+//! reload on SIGHUP or a config/allowlist change; drain and exit on SIGTERM/SIGINT.
 
 use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Context;
+use sd_notify::NotifyState;
+use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
-use crate::server;
 use crate::state::{Runtime, State};
-use crate::toggle;
-use crate::watch;
+use crate::{admin, logging, server, toggle, watch};
 
 /// Runs until a stop signal; returns when every connection is drained (or the grace period ends).
 pub async fn run(config_path: &Path, config: Config) -> anyhow::Result<()> {
+    raise_fd_limit();
     let rt = Runtime::build(config, None)?;
     let cfg = rt.config.clone();
-    let listeners = server::bind(&cfg.listen)
-        .await
-        .map_err(|(addr, e)| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
+    let listeners = match inherited_listeners()? {
+        Some(l) => {
+            tracing::info!(
+                count = l.len(),
+                "socket activation: using inherited sockets; `listen` is ignored"
+            );
+            l
+        }
+        None => server::bind(&cfg.listen)
+            .await
+            .map_err(|(addr, e)| anyhow::anyhow!("cannot listen on {addr}: {e}"))?,
+    };
+    let admin_listener = match &cfg.admin {
+        Some(a) => Some(
+            admin::bind(a.listen)
+                .await
+                .with_context(|| format!("cannot listen on {} (admin)", a.listen))?,
+        ),
+        None => None,
+    };
     let observed = toggle::observe(&cfg.maintenance.toggle);
     let state = Arc::new(State::new(rt, observed));
 
     let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();
     let wake = watch::spawn(state.clone(), shutdown.clone()).context("cannot start the toggle watcher")?;
+    let reloads = Arc::new(tokio::sync::Notify::new());
+    let r = reloads.clone();
+    watch::spawn_config_watch(state.clone(), shutdown.clone(), move || r.notify_one())
+        .context("cannot watch the config files")?;
+
     let limit = Arc::new(Semaphore::new(cfg.server.max_connections));
     for l in listeners {
         let addr = l.local_addr().context("listener has no address")?;
@@ -41,6 +64,11 @@ pub async fn run(config_path: &Path, config: Config) -> anyhow::Result<()> {
             tracker.clone(),
         ));
     }
+    if let Some(l) = admin_listener {
+        let addr = l.local_addr().context("admin listener has no address")?;
+        tracing::info!("listening on {addr} (admin)");
+        tokio::spawn(admin::serve(l, state.clone(), shutdown.clone()));
+    }
     {
         let m = &state.snapshot().maint;
         tracing::info!(
@@ -49,6 +77,7 @@ pub async fn run(config_path: &Path, config: Config) -> anyhow::Result<()> {
             "ready"
         );
     }
+    notify(&[NotifyState::Ready]);
 
     let mut hup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
     let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
@@ -56,6 +85,12 @@ pub async fn run(config_path: &Path, config: Config) -> anyhow::Result<()> {
     loop {
         tokio::select! {
             _ = hup.recv() => {
+                tracing::info!("SIGHUP: reloading");
+                reload(config_path, &state);
+                wake.notify_one();
+            }
+            _ = reloads.notified() => {
+                tracing::info!("config or allowlist file changed: reloading");
                 reload(config_path, &state);
                 wake.notify_one();
             }
@@ -64,6 +99,7 @@ pub async fn run(config_path: &Path, config: Config) -> anyhow::Result<()> {
         }
     }
 
+    notify(&[NotifyState::Stopping]);
     let grace = state.snapshot().rt.config.server.grace_period;
     shutdown.cancel();
     tracker.close();
@@ -76,19 +112,80 @@ pub async fn run(config_path: &Path, config: Config) -> anyhow::Result<()> {
 
 /// Loads the config again and swaps it in; a bad config is refused and the running one stays.
 pub fn reload(path: &Path, state: &State) {
+    let mut states = vec![NotifyState::Reloading];
+    if let Ok(now) = NotifyState::monotonic_usec_now() {
+        states.push(now);
+    }
+    notify(&states);
     let cur = state.snapshot();
-    let new = match Config::load(path).and_then(|c| Runtime::build(c, Some(&cur.rt))) {
-        Ok(rt) => rt,
+    let started = std::time::Instant::now();
+    match Config::load(path).and_then(|c| Runtime::build(c, Some(&cur.rt))) {
+        Ok(new) => {
+            if new.config.listen != cur.rt.config.listen
+                || new.config.admin.as_ref().map(|a| a.listen) != cur.rt.config.admin.as_ref().map(|a| a.listen)
+            {
+                tracing::warn!("listen addresses changed; they take effect only after a restart");
+            }
+            logging::set_level(&new.config.log.level);
+            let entries = new.allow.len();
+            state.set_runtime(new);
+            state.metrics.reloads_ok.inc();
+            tracing::info!(
+                config = %path.display(),
+                allowlist_entries = entries,
+                ms = format_args!("{:.1}", started.elapsed().as_secs_f64() * 1000.0),
+                "config reloaded"
+            );
+        }
         Err(e) => {
+            state.metrics.reloads_failed.inc();
             for line in e.0 {
                 tracing::error!("reload refused, keeping the running config: {line}");
             }
-            return;
         }
-    };
-    if new.config.listen != cur.rt.config.listen {
-        tracing::warn!("listen addresses changed; they take effect only after a restart");
     }
-    state.set_runtime(new);
-    tracing::info!(config = %path.display(), "config reloaded");
+    notify(&[NotifyState::Ready]);
+}
+
+fn notify(states: &[NotifyState]) {
+    // Without $NOTIFY_SOCKET this does nothing; an error only means systemd is gone.
+    if let Err(e) = sd_notify::notify(states) {
+        tracing::debug!(error = %e, "sd_notify failed");
+    }
+}
+
+/// Sockets passed by systemd socket activation (LISTEN_FDS), if any.
+fn inherited_listeners() -> anyhow::Result<Option<Vec<TcpListener>>> {
+    let fds = match sd_notify::listen_fds() {
+        Ok(fds) if fds.len() > 0 => fds,
+        _ => return Ok(None),
+    };
+    let mut out = Vec::new();
+    for fd in fds {
+        use std::os::fd::FromRawFd;
+        // SAFETY: systemd passes these descriptors to this process to own;
+        // listen_fds() checked LISTEN_PID, and nothing else in the process uses them.
+        let std = unsafe { std::net::TcpListener::from_raw_fd(fd) };
+        std.set_nonblocking(true).context("inherited socket")?;
+        let l = TcpListener::from_std(std).context("inherited socket is not a TCP listener")?;
+        l.local_addr().context("inherited socket is not a bound TCP listener")?;
+        out.push(l);
+    }
+    Ok(Some(out))
+}
+
+/// Lifts the soft open-files limit to the hard one: every connection is a
+/// descriptor (two when proxied), and 1024 is the usual soft default.
+fn raise_fd_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain syscalls on a stack value.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            let _ = libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
 }

@@ -5,8 +5,12 @@
 //! trusted proxies, matched against an allowlist). Allowed traffic is proxied
 //! to the upstream; everyone else gets a static 503 page.
 
+/// The admin endpoint: /metrics, /status, /healthz.
+pub mod admin;
 /// IP sets (allowlist, trusted proxies) with O(log n) lookups.
 pub mod allowlist;
+/// Request and response buffering against slow clients.
+pub mod buffer;
 /// Command-line definition.
 pub mod cli;
 /// Real client address from the peer and trusted forwarding headers.
@@ -23,6 +27,8 @@ pub mod decision;
 pub mod hop;
 /// Log setup.
 pub mod logging;
+/// Prometheus metrics.
+pub mod metrics;
 /// Maintenance page, assets, error pages.
 pub mod page;
 /// Forwarding to the upstream.

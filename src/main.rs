@@ -27,6 +27,7 @@ fn main() -> ExitCode {
         Command::On { message, retry_after } => commands::on(path, message, retry_after),
         Command::Off => commands::off(path),
         Command::Status => commands::status(path),
+        Command::Health => commands::health(path),
     };
     match result {
         Ok(out) => {

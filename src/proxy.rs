@@ -13,6 +13,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Uri};
+use http_body::Body as _;
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
@@ -21,8 +22,9 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::UnixStream;
 
+use crate::buffer;
 use crate::client_ip::{format_chain, Resolved};
-use crate::config::{Upstream, UpstreamTarget};
+use crate::config::{Config, Upstream, UpstreamTarget};
 use crate::hop;
 use crate::page;
 
@@ -129,6 +131,8 @@ pub enum Outcome {
     Ok,
     Unreachable,
     Timeout,
+    /// Answered by gatekeeper without contacting the upstream (413, 408, ...).
+    Refused,
 }
 
 impl Outcome {
@@ -137,14 +141,15 @@ impl Outcome {
             Outcome::Ok => "ok",
             Outcome::Unreachable => "unreachable",
             Outcome::Timeout => "timeout",
+            Outcome::Refused => "refused",
         }
     }
 }
 
-/// Forwards `req` and returns the upstream's answer (or a 502/504 page).
+/// Forwards `req` and returns the upstream's answer (or a 4xx/5xx page).
 pub async fn forward(
     upstream: &UpstreamClient,
-    timeout: Duration,
+    cfg: &Config,
     mut req: Request<Incoming>,
     origin: &Origin<'_>,
     bypass: bool,
@@ -152,6 +157,35 @@ pub async fn forward(
     let upgrade = hop::is_upgrade(req.headers());
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
+    let head_only = parts.method == http::Method::HEAD;
+    let b = &cfg.buffering;
+
+    let declared = content_length(&parts.headers);
+    if declared.is_some_and(|n| n > b.max_body) {
+        // Refused before a byte of the body is read; the upstream never hears of it.
+        return (
+            boxed(page::error_response(StatusCode::PAYLOAD_TOO_LARGE)),
+            Outcome::Refused,
+        );
+    }
+    // We answer `Expect: 100-continue` ourselves (hyper does when the body is first read).
+    parts.headers.remove(header::EXPECT);
+    let body: Body = if body.is_end_stream() {
+        http_body_util::Empty::new().map_err(|never| match never {}).boxed()
+    } else if b.requests && !upgrade {
+        let dir = buffer::temp_dir(b.dir.as_deref());
+        match buffer::read_request(body, b.memory, b.max_body, &dir, cfg.server.body_timeout).await {
+            Ok(buffered) => {
+                parts
+                    .headers
+                    .insert(header::CONTENT_LENGTH, HeaderValue::from(buffered.len()));
+                buffered.into_body()
+            }
+            Err(e) => return (request_body_error(&e), Outcome::Refused),
+        }
+    } else {
+        http_body_util::Limited::new(body, usize::try_from(b.max_body).unwrap_or(usize::MAX)).boxed()
+    };
 
     let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     let uri = match upstream.uri(pq) {
@@ -168,9 +202,9 @@ pub async fn forward(
     rewrite_request_headers(&mut parts.headers, origin, host, upgrade);
     parts.uri = uri;
     parts.version = http::Version::HTTP_11;
-    let out = Request::from_parts(parts, body.map_err(BoxError::from).boxed());
+    let out = Request::from_parts(parts, body);
 
-    let mut resp = match tokio::time::timeout(timeout, upstream.send(out)).await {
+    let mut resp = match tokio::time::timeout(cfg.upstream.timeout, upstream.send(out)).await {
         Err(_) => {
             return (
                 boxed(page::error_response(StatusCode::GATEWAY_TIMEOUT)),
@@ -221,7 +255,48 @@ pub async fn forward(
         resp.headers_mut()
             .insert("x-maintenance-mode", HeaderValue::from_static("bypass"));
     }
-    (resp.map(|b| b.map_err(BoxError::from).boxed()), Outcome::Ok)
+    // nginx's convention: the app asks for this answer to be relayed unbuffered.
+    let unbuffered = resp
+        .headers_mut()
+        .remove("x-accel-buffering")
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"no"));
+    let status = resp.status();
+    let no_body = head_only
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED;
+    // A small answer of known length is already out of the app's hands (it sits in
+    // socket buffers); spooling it would only add work.
+    let small = resp.body().size_hint().exact().is_some_and(|n| n <= b.memory as u64);
+    let resp = if no_body || unbuffered || !b.responses || small {
+        resp.map(|body| body.map_err(BoxError::from).boxed())
+    } else {
+        let dir = buffer::temp_dir(b.dir.as_deref());
+        resp.map(|body| buffer::spool_response(body, b.memory, dir))
+    };
+    (resp, Outcome::Ok)
+}
+
+fn content_length(h: &http::HeaderMap) -> Option<u64> {
+    h.get(header::CONTENT_LENGTH)?.to_str().ok()?.trim().parse().ok()
+}
+
+fn request_body_error(e: &buffer::RequestBodyError) -> Response<Body> {
+    use buffer::RequestBodyError as E;
+    let status = match e {
+        E::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+        E::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
+        E::Client(_) => StatusCode::BAD_REQUEST,
+        E::Disk(_) => {
+            tracing::error!(error = %e, "request refused");
+            StatusCode::INTERNAL_SERVER_ERROR
+        }
+    };
+    let mut r = boxed(page::error_response(status));
+    // The rest of the body is unread: this connection cannot carry another request.
+    r.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    r
 }
 
 fn rewrite_request_headers(h: &mut http::HeaderMap, origin: &Origin<'_>, host: Option<HeaderValue>, upgrade: bool) {

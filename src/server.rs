@@ -96,11 +96,17 @@ async fn serve_connection(
         .max_concurrent_streams(256)
         .max_header_list_size(u32::try_from(limits.max_header_size).unwrap_or(u32::MAX))
         .keep_alive_interval(Some(Duration::from_secs(30)));
+    let metrics_state = state.clone();
     let svc = service_fn(move |req| {
         let state = state.clone();
         async move { Ok::<_, Infallible>(handle(req, peer, &state, false).await) }
     });
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
+    let open = &metrics_state.metrics.open_connections;
+    open.inc();
+    let _closed = scopeguard(|| {
+        open.dec();
+    });
     tokio::pin!(conn);
     tokio::select! {
         r = conn.as_mut() => {
@@ -157,10 +163,14 @@ pub async fn handle(req: Request<Incoming>, peer: SocketAddr, state: &State, htt
                 resolved: &resolved,
                 https,
             };
-            let (r, o) = proxy::forward(&rt.upstream, cfg.upstream.timeout, req, &origin, bypass).await;
+            let (r, o) = proxy::forward(&rt.upstream, cfg, req, &origin, bypass).await;
             (r, Some(o))
         }
     };
+    let elapsed = start.elapsed();
+    state
+        .metrics
+        .request(decision, resp.status().as_u16(), outcome, elapsed.as_secs_f64());
     if let Some(path) = log_path {
         let client = resolved.client.map_or_else(|| "unknown".to_string(), |c| c.to_string());
         tracing::info!(
@@ -172,7 +182,7 @@ pub async fn handle(req: Request<Incoming>, peer: SocketAddr, state: &State, htt
             status = resp.status().as_u16(),
             decision = decision.label(),
             upstream = outcome.map_or("-", proxy::Outcome::label),
-            ms = format_args!("{:.3}", start.elapsed().as_secs_f64() * 1000.0),
+            ms = format_args!("{:.3}", elapsed.as_secs_f64() * 1000.0),
         );
     }
     resp
@@ -184,4 +194,17 @@ fn canonical(ip: std::net::IpAddr) -> std::net::IpAddr {
         std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, std::net::IpAddr::V4),
         v4 => v4,
     }
+}
+
+/// Runs `f` when dropped: the connection gauge must go down however the connection ends.
+fn scopeguard<F: FnOnce()>(f: F) -> impl Drop {
+    struct Guard<F: FnOnce()>(Option<F>);
+    impl<F: FnOnce()> Drop for Guard<F> {
+        fn drop(&mut self) {
+            if let Some(f) = self.0.take() {
+                f();
+            }
+        }
+    }
+    Guard(Some(f))
 }

@@ -5,12 +5,13 @@
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 use arc_swap::ArcSwap;
 
 use crate::allowlist::{self, IpSet};
 use crate::config::{Config, ConfigError, ConfigErrors};
+use crate::metrics::Metrics;
 use crate::page::{self, PageSet, Rendered};
 use crate::proxy::UpstreamClient;
 use crate::toggle::Observed;
@@ -154,17 +155,26 @@ pub struct Snapshot {
 pub struct State {
     current: ArcSwap<Snapshot>,
     write: Mutex<()>,
+    pub metrics: Metrics,
+    pub started: Instant,
+    pub started_at: SystemTime,
 }
 
 impl State {
     pub fn new(rt: Runtime, observed: Observed) -> State {
         let maint = Maint::derive(observed, &rt);
+        let metrics = Metrics::new();
+        metrics.set_maintenance(maint.active);
+        metrics.allowlist_entries.set(rt.allow.len() as i64);
         State {
             current: ArcSwap::from_pointee(Snapshot {
                 rt: Arc::new(rt),
                 maint: Arc::new(maint),
             }),
             write: Mutex::new(()),
+            metrics,
+            started: Instant::now(),
+            started_at: SystemTime::now(),
         }
     }
 
@@ -178,6 +188,7 @@ impl State {
         let _w = self.write.lock().unwrap_or_else(|p| p.into_inner());
         let cur = self.current.load();
         let maint = Maint::derive(cur.maint.observed.clone(), &rt);
+        self.metrics.allowlist_entries.set(rt.allow.len() as i64);
         self.current.store(Arc::new(Snapshot {
             rt: Arc::new(rt),
             maint: Arc::new(maint),
@@ -191,6 +202,10 @@ impl State {
         let was = cur.maint.active;
         let maint = Maint::derive(observed, &cur.rt);
         let now = maint.active;
+        if was != now {
+            self.metrics.set_maintenance(now);
+            self.metrics.toggle_flips.inc();
+        }
         self.current.store(Arc::new(Snapshot {
             rt: cur.rt.clone(),
             maint: Arc::new(maint),

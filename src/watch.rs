@@ -34,14 +34,15 @@ pub fn spawn(state: Arc<State>, shutdown: CancellationToken) -> Result<Wake, not
             watched: HashSet::new(),
             last: None,
         };
+        let mut cause = "startup";
         loop {
-            t.check(&state);
+            t.check(&state, cause);
             let recheck = state.snapshot().rt.config.maintenance.recheck;
-            tokio::select! {
-                _ = wake2.notified() => {}
-                _ = tokio::time::sleep(recheck) => {}
+            cause = tokio::select! {
+                _ = wake2.notified() => "inotify",
+                _ = tokio::time::sleep(recheck) => "periodic re-check",
                 _ = shutdown.cancelled() => return,
-            }
+            };
         }
     });
     Ok(wake)
@@ -54,7 +55,7 @@ struct ToggleWatch {
 }
 
 impl ToggleWatch {
-    fn check(&mut self, state: &State) {
+    fn check(&mut self, state: &State, cause: &str) {
         let path = state.snapshot().rt.config.maintenance.toggle.clone();
         self.rewatch(&path);
         let obs = toggle::observe(&path);
@@ -71,12 +72,13 @@ impl ToggleWatch {
         if let Some(w) = &obs.warning {
             tracing::warn!("{w}");
         }
+        let self_changed = self.last.as_ref().is_some_and(|l| l.exists);
         self.last = Some(obs.clone());
         let (was, now) = state.set_observed(obs);
         if was != now {
-            tracing::info!(toggle = %path.display(), "maintenance {} -> {}", onoff(was), onoff(now));
-        } else if now {
-            tracing::info!(toggle = %path.display(), "maintenance settings changed");
+            tracing::info!(toggle = %path.display(), source = "file", cause, "maintenance {} -> {}", onoff(was), onoff(now));
+        } else if now && self_changed {
+            tracing::info!(toggle = %path.display(), source = "file", cause, "maintenance settings changed");
         }
     }
 
@@ -153,4 +155,99 @@ pub fn dirs_to_watch(toggle: &Path) -> HashSet<PathBuf> {
         out.insert(dir);
     }
     out
+}
+
+/// Watches the config file and the allowlist file (their directories, since
+/// editors and ConfigMaps replace files by rename) and calls `changed` once a
+/// burst of events has been quiet for a moment and the content really differs,
+/// so a half-written file is not picked up in the middle of its writing.
+pub fn spawn_config_watch(
+    state: Arc<State>,
+    shutdown: CancellationToken,
+    changed: impl Fn() + Send + 'static,
+) -> Result<(), notify::Error> {
+    const QUIET: std::time::Duration = std::time::Duration::from_millis(200);
+    let kick = Arc::new(Notify::new());
+    let k = kick.clone();
+    let names = Arc::new(std::sync::Mutex::new(HashSet::<std::ffi::OsString>::new()));
+    let n = names.clone();
+    let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        let Ok(ev) = res else { return };
+        let Ok(names) = n.lock() else { return };
+        // Only events about our files (or a ConfigMap's `..data` swap) count.
+        let ours = ev.paths.iter().any(|p| {
+            p.file_name()
+                .is_some_and(|f| names.contains(f) || f.to_string_lossy().starts_with(".."))
+        });
+        if ours {
+            k.notify_one();
+        }
+    })?;
+    tokio::spawn(async move {
+        let mut watched = HashSet::new();
+        let mut last = fingerprint(&config_files(&state));
+        loop {
+            let files = config_files(&state);
+            if let Ok(mut n) = names.lock() {
+                *n = files
+                    .iter()
+                    .filter_map(|f| f.file_name().map(ToOwned::to_owned))
+                    .collect();
+            }
+            let dirs: HashSet<PathBuf> = files
+                .iter()
+                .filter_map(|f| {
+                    f.parent().map(|p| {
+                        if p.as_os_str().is_empty() {
+                            PathBuf::from(".")
+                        } else {
+                            p.to_path_buf()
+                        }
+                    })
+                })
+                .collect();
+            for d in dirs.difference(&watched).cloned().collect::<Vec<_>>() {
+                if watcher.watch(&d, RecursiveMode::NonRecursive).is_ok() {
+                    watched.insert(d);
+                }
+            }
+            tokio::select! {
+                _ = kick.notified() => {}
+                _ = shutdown.cancelled() => return,
+            }
+            // Debounce: wait until the files have been quiet for QUIET.
+            loop {
+                tokio::select! {
+                    _ = kick.notified() => continue,
+                    _ = tokio::time::sleep(QUIET) => break,
+                    _ = shutdown.cancelled() => return,
+                }
+            }
+            let now = fingerprint(&config_files(&state));
+            if now != last {
+                last = now;
+                changed();
+            }
+        }
+    });
+    Ok(())
+}
+
+/// The files whose change means a reload: the config and the allowlist file.
+fn config_files(state: &State) -> Vec<PathBuf> {
+    let snap = state.snapshot();
+    let cfg = &snap.rt.config;
+    let mut files = vec![cfg.file.clone()];
+    files.extend(cfg.clients.allow_file.clone());
+    if let Some(tls) = &cfg.tls {
+        for c in &tls.certs {
+            files.push(c.cert.clone());
+            files.push(c.key.clone());
+        }
+    }
+    files
+}
+
+fn fingerprint(files: &[PathBuf]) -> Vec<Option<Vec<u8>>> {
+    files.iter().map(|f| std::fs::read(f).ok()).collect()
 }

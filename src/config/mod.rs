@@ -37,6 +37,31 @@ pub struct Config {
     pub server: Server,
     pub buffering: Buffering,
     pub log: Log,
+    /// The admin endpoint (`/metrics`, `/status`, `/healthz`), when configured.
+    pub admin: Option<Admin>,
+    pub tls: Option<Tls>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Admin {
+    pub listen: SocketAddr,
+}
+
+/// One certificate and the server names it is for (empty: the default).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertFiles {
+    pub names: Vec<String>,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct Tls {
+    pub listen: Vec<SocketAddr>,
+    /// The default certificate first, then the SNI ones.
+    pub certs: Vec<CertFiles>,
+    /// Answer plain-HTTP requests with 308 to https (bypass paths excepted).
+    pub redirect_http: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,8 +104,8 @@ pub struct Clients {
 /// Connection limits that protect the daemon from slow and greedy clients.
 #[derive(Debug, Clone)]
 pub struct Server {
+    /// Time to send a request head; also how long an idle keep-alive connection is kept.
     pub header_timeout: Duration,
-    pub idle_timeout: Duration,
     pub body_timeout: Duration,
     pub grace_period: Duration,
     pub max_connections: usize,
@@ -340,7 +365,6 @@ fn build(raw: RawConfig, base: &Path, file: &Path, c: &mut Collector) -> Config 
     }
     let server = Server {
         header_timeout: duration(c, &s.header_timeout, "server.header_timeout", Duration::from_secs(10)),
-        idle_timeout: duration(c, &s.idle_timeout, "server.idle_timeout", Duration::from_secs(75)),
         body_timeout: duration(c, &s.body_timeout, "server.body_timeout", Duration::from_secs(60)),
         grace_period: duration(c, &s.grace_period, "server.grace_period", Duration::from_secs(30)),
         max_connections: count(c, &s.max_connections, "server.max_connections", 16384, 1),
@@ -357,6 +381,73 @@ fn build(raw: RawConfig, base: &Path, file: &Path, c: &mut Collector) -> Config 
         dir: b.dir.as_ref().map(|d| resolve_path(base, d.get_ref())),
         max_body: size(c, &b.max_body, "buffering.max_body", 100 << 20),
     };
+
+    let admin = raw.admin.as_ref().map(|a| {
+        let listen = match &a.listen {
+            None => SocketAddr::from(([127, 0, 0, 1], 9180)),
+            Some(l) => l.get_ref().parse::<SocketAddr>().unwrap_or_else(|_| {
+                c.at(
+                    span(l),
+                    "admin.listen",
+                    format!("{:?} is not an address:port", l.get_ref()),
+                );
+                SocketAddr::from(([127, 0, 0, 1], 9180))
+            }),
+        };
+        // SECURITY: metrics and status reveal the allowlist size, the config path and traffic.
+        if !listen.ip().is_loopback() && !a.allow_remote.unwrap_or(false) {
+            c.at(
+                a.listen.as_ref().and_then(span),
+                "admin.listen",
+                format!("{listen} is not a loopback address; set admin.allow_remote = true to expose it"),
+            );
+        }
+        Admin { listen }
+    });
+
+    let tls = raw.tls.as_ref().map(|t| {
+        let mut listen = Vec::new();
+        for (i, l) in t.listen.get_ref().iter().enumerate() {
+            match l.get_ref().parse::<SocketAddr>() {
+                Ok(a) => listen.push(a),
+                Err(_) => c.at(
+                    span(l),
+                    format!("tls.listen[{i}]"),
+                    format!("{:?} is not an address:port", l.get_ref()),
+                ),
+            }
+        }
+        let mut certs = Vec::new();
+        match (&t.cert, &t.key) {
+            (Some(cert), Some(key)) => certs.push(CertFiles {
+                names: Vec::new(),
+                cert: resolve_path(base, cert.get_ref()),
+                key: resolve_path(base, key.get_ref()),
+            }),
+            (Some(cert), None) => c.at(span(cert), "tls.key", "tls.cert is set but tls.key is not"),
+            (None, Some(key)) => c.at(span(key), "tls.cert", "tls.key is set but tls.cert is not"),
+            (None, None) => {}
+        }
+        for e in &t.certs {
+            certs.push(CertFiles {
+                names: e.names.iter().map(|n| n.to_ascii_lowercase()).collect(),
+                cert: resolve_path(base, e.cert.get_ref()),
+                key: resolve_path(base, e.key.get_ref()),
+            });
+        }
+        if certs.is_empty() {
+            c.at(
+                span(&t.listen),
+                "tls.cert",
+                "TLS listeners need tls.cert and tls.key (or [[tls.certs]])",
+            );
+        }
+        Tls {
+            listen,
+            certs,
+            redirect_http: t.redirect_http.unwrap_or(false),
+        }
+    });
 
     let l = &raw.log;
     let level = l
@@ -402,6 +493,8 @@ fn build(raw: RawConfig, base: &Path, file: &Path, c: &mut Collector) -> Config 
         server,
         buffering,
         log,
+        admin,
+        tls,
     }
 }
 
@@ -491,9 +584,15 @@ toggle = "/tmp/gk/maintenance-mode-on"
     #[test]
     fn unknown_keys_are_errors() {
         let e = errs(&format!("colour = 1\n{MIN}"));
-        assert_eq!(e, vec!["gatekeeper.toml:1:1: colour: unknown field `colour` (unknown key)"]);
+        assert_eq!(
+            e,
+            vec!["gatekeeper.toml:1:1: colour: unknown field `colour` (unknown key)"]
+        );
         let e = errs(&format!("{MIN}colour = 1\n"));
-        assert_eq!(e, vec!["gatekeeper.toml:7:1: maintenance.colour: unknown field `colour` (unknown key)"]);
+        assert_eq!(
+            e,
+            vec!["gatekeeper.toml:7:1: maintenance.colour: unknown field `colour` (unknown key)"]
+        );
         let e = errs(&MIN.replace("[upstream]", "[upstream]\ntimeuot = \"5s\""));
         assert_eq!(
             e,

@@ -20,6 +20,35 @@ pub struct RawConfig {
     pub buffering: RawBuffering,
     #[serde(default)]
     pub log: RawLog,
+    pub admin: Option<RawAdmin>,
+    pub tls: Option<RawTls>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    pub listen: Option<S<String>>,
+    pub allow_remote: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    pub listen: S<Vec<S<String>>>,
+    pub cert: Option<S<String>>,
+    pub key: Option<S<String>>,
+    #[serde(default)]
+    pub certs: Vec<RawCert>,
+    pub redirect_http: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCert {
+    #[serde(default)]
+    pub names: Vec<String>,
+    pub cert: S<String>,
+    pub key: S<String>,
 }
 
 #[derive(Deserialize)]
@@ -57,7 +86,6 @@ pub struct RawClients {
 #[serde(deny_unknown_fields)]
 pub struct RawServer {
     pub header_timeout: Option<S<toml::Value>>,
-    pub idle_timeout: Option<S<toml::Value>>,
     pub body_timeout: Option<S<toml::Value>>,
     pub grace_period: Option<S<toml::Value>>,
     pub max_connections: Option<S<i64>>,

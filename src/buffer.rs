@@ -1,0 +1,419 @@
+//! Body buffering that shields the app from slow clients, as nginx does.
+//!
+//! Requests: the whole body is read before the upstream is contacted — in
+//! memory up to `buffering.memory`, then in an unlinked temporary file — and
+//! sent on with a Content-Length. Responses: a task reads the upstream's body
+//! as fast as it comes and the client takes it from a spool (memory, then an
+//! unlinked temporary file), so a slow reader never holds the upstream.
+//! Memory per body stays bounded either way.
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use http_body_util::{BodyExt, Empty, Full, StreamBody};
+use tokio::io::AsyncWriteExt;
+
+use crate::proxy::{Body, BoxError};
+
+/// Read size when streaming a spooled file back out.
+const CHUNK: usize = 64 << 10;
+
+/// Where temporary files go: `buffering.dir`, else $TMPDIR, else /tmp.
+pub fn temp_dir(configured: Option<&Path>) -> PathBuf {
+    configured.map_or_else(std::env::temp_dir, Path::to_path_buf)
+}
+
+/// Why a request body could not be taken whole.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestBodyError {
+    #[error("request body larger than {0} bytes")]
+    TooLarge(u64),
+    #[error("client sent nothing for {0:?} in the middle of the body")]
+    Timeout(Duration),
+    #[error("client body: {0}")]
+    Client(BoxError),
+    #[error("cannot buffer the request body on disk: {0}")]
+    Disk(io::Error),
+}
+
+/// A request body read in full.
+pub enum Buffered {
+    Memory(Bytes),
+    /// An unlinked temporary file and the body's length.
+    File(File, u64),
+}
+
+impl Buffered {
+    pub fn len(&self) -> u64 {
+        match self {
+            Buffered::Memory(b) => b.len() as u64,
+            Buffered::File(_, n) => *n,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn into_body(self) -> Body {
+        match self {
+            Buffered::Memory(b) if b.is_empty() => Empty::new().map_err(|never| match never {}).boxed(),
+            Buffered::Memory(b) => Full::new(b).map_err(|never| match never {}).boxed(),
+            Buffered::File(f, len) => {
+                let stream = tokio_util::io::ReaderStream::with_capacity(tokio::fs::File::from_std(f), CHUNK)
+                    .map(|r| r.map(Frame::data).map_err(BoxError::from));
+                // The length is known: say so, so hyper sends Content-Length, not chunks.
+                Sized {
+                    inner: BodyExt::boxed(StreamBody::new(stream)),
+                    len,
+                }
+                .boxed()
+            }
+        }
+    }
+}
+
+/// A body of known length, so that hyper frames it with Content-Length.
+struct Sized {
+    inner: Body,
+    len: u64,
+}
+
+impl HttpBody for Sized {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.len)
+    }
+}
+
+/// Reads a request body whole: memory up to `memory` bytes, then an unlinked
+/// temporary file in `dir`. More than `max` bytes, or `idle` without a byte, fails.
+pub async fn read_request<B>(
+    mut body: B,
+    memory: usize,
+    max: u64,
+    dir: &Path,
+    idle: Duration,
+) -> Result<Buffered, RequestBodyError>
+where
+    B: HttpBody<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    let mut mem = BytesMut::new();
+    let mut file: Option<(tokio::fs::File, File)> = None;
+    let mut total: u64 = 0;
+    loop {
+        let frame = match tokio::time::timeout(idle, body.frame()).await {
+            Err(_) => return Err(RequestBodyError::Timeout(idle)),
+            Ok(None) => break,
+            Ok(Some(Err(e))) => return Err(RequestBodyError::Client(e.into())),
+            Ok(Some(Ok(f))) => f,
+        };
+        let Ok(data) = frame.into_data() else { continue }; // trailers are not forwarded
+        total += data.len() as u64;
+        if total > max {
+            return Err(RequestBodyError::TooLarge(max));
+        }
+        match &mut file {
+            None if mem.len() + data.len() <= memory => mem.extend_from_slice(&data),
+            None => {
+                let std_file = tempfile::tempfile_in(dir).map_err(RequestBodyError::Disk)?;
+                let clone = std_file.try_clone().map_err(RequestBodyError::Disk)?;
+                let mut f = tokio::fs::File::from_std(std_file);
+                f.write_all(&mem).await.map_err(RequestBodyError::Disk)?;
+                f.write_all(&data).await.map_err(RequestBodyError::Disk)?;
+                mem = BytesMut::new();
+                file = Some((f, clone));
+            }
+            Some((f, _)) => f.write_all(&data).await.map_err(RequestBodyError::Disk)?,
+        }
+    }
+    match file {
+        None => Ok(Buffered::Memory(mem.freeze())),
+        Some((mut f, clone)) => {
+            f.flush().await.map_err(RequestBodyError::Disk)?;
+            drop(f);
+            let mut clone = clone;
+            use std::io::Seek;
+            clone.seek(io::SeekFrom::Start(0)).map_err(RequestBodyError::Disk)?;
+            Ok(Buffered::File(clone, total))
+        }
+    }
+}
+
+// === Response spool ===
+
+#[derive(Default)]
+struct SpoolState {
+    mem: VecDeque<Bytes>,
+    mem_bytes: usize,
+    file: Option<File>,
+    write_pos: u64,
+    read_pos: u64,
+    done: bool,
+    error: Option<BoxError>,
+    reader_gone: bool,
+    waker: Option<Waker>,
+}
+
+/// The client's side of a spooled response body.
+struct SpoolBody {
+    state: Arc<Mutex<SpoolState>>,
+    hint: SizeHint,
+}
+
+impl Drop for SpoolBody {
+    fn drop(&mut self) {
+        if let Ok(mut s) = self.state.lock() {
+            s.reader_gone = true;
+        }
+    }
+}
+
+impl HttpBody for SpoolBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let mut guard = match self.state.lock() {
+            Ok(g) => g,
+            Err(_) => return Poll::Ready(Some(Err("response spool poisoned".into()))),
+        };
+        let s = &mut *guard;
+        if let Some(b) = s.mem.pop_front() {
+            s.mem_bytes -= b.len();
+            return Poll::Ready(Some(Ok(Frame::data(b))));
+        }
+        if s.read_pos < s.write_pos {
+            if let Some(f) = &s.file {
+                let n = usize::try_from(s.write_pos - s.read_pos).unwrap_or(CHUNK).min(CHUNK);
+                let mut buf = vec![0u8; n];
+                return match f.read_exact_at(&mut buf, s.read_pos) {
+                    Ok(()) => {
+                        s.read_pos += n as u64;
+                        if s.read_pos == s.write_pos {
+                            // Drained: start over at the beginning and give the space back.
+                            s.read_pos = 0;
+                            s.write_pos = 0;
+                            let _ = f.set_len(0);
+                        }
+                        Poll::Ready(Some(Ok(Frame::data(Bytes::from(buf)))))
+                    }
+                    Err(e) => Poll::Ready(Some(Err(e.into()))),
+                };
+            }
+        }
+        if let Some(e) = s.error.take() {
+            return Poll::Ready(Some(Err(e)));
+        }
+        if s.done {
+            return Poll::Ready(None);
+        }
+        s.waker = Some(cx.waker().clone());
+        Poll::Pending
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.state
+            .lock()
+            .map(|s| s.done && s.error.is_none() && s.mem.is_empty() && s.read_pos == s.write_pos)
+            .unwrap_or(false)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.hint
+    }
+}
+
+/// Reads `upstream` as fast as it comes in a task of its own and returns the
+/// body the client reads from; what the client has not taken yet waits in
+/// memory (up to `memory`), then in an unlinked temporary file in `dir`.
+pub fn spool_response<B>(upstream: B, memory: usize, dir: PathBuf) -> Body
+where
+    B: HttpBody<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<BoxError>,
+{
+    let hint = upstream.size_hint();
+    let state = Arc::new(Mutex::new(SpoolState::default()));
+    let body = SpoolBody {
+        state: state.clone(),
+        hint,
+    };
+    tokio::spawn(fill_spool(upstream, state, memory, dir));
+    body.boxed()
+}
+
+async fn fill_spool<B>(mut upstream: B, state: Arc<Mutex<SpoolState>>, memory: usize, dir: PathBuf)
+where
+    B: HttpBody<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    loop {
+        let next = upstream.frame().await;
+        let Ok(mut s) = state.lock() else { return };
+        if s.reader_gone {
+            return; // client went away: drop the upstream body (and its connection)
+        }
+        match next {
+            None => s.done = true,
+            Some(Err(e)) => {
+                s.error = Some(e.into());
+                s.done = true;
+            }
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    if let Err(e) = push(&mut s, data, memory, &dir) {
+                        tracing::error!(dir = %dir.display(), error = %e, "cannot spool the response to disk; truncating it");
+                        s.error = Some(e.into());
+                        s.done = true;
+                    }
+                }
+            }
+        }
+        let done = s.done;
+        if let Some(w) = s.waker.take() {
+            w.wake();
+        }
+        if done {
+            return;
+        }
+    }
+}
+
+fn push(s: &mut SpoolState, data: Bytes, memory: usize, dir: &Path) -> io::Result<()> {
+    // Order matters: once bytes wait in the file, later bytes go behind them.
+    let file_pending = s.read_pos < s.write_pos;
+    if !file_pending && s.mem_bytes + data.len() <= memory {
+        s.mem_bytes += data.len();
+        s.mem.push_back(data);
+        return Ok(());
+    }
+    if s.file.is_none() {
+        s.file = Some(tempfile::tempfile_in(dir)?);
+    }
+    if let Some(f) = &s.file {
+        f.write_all_at(&data, s.write_pos)?;
+        s.write_pos += data.len() as u64;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::stream;
+
+    fn chunks(
+        parts: Vec<&'static [u8]>,
+    ) -> StreamBody<impl futures_util::Stream<Item = Result<Frame<Bytes>, io::Error>>> {
+        StreamBody::new(stream::iter(
+            parts.into_iter().map(|p| Ok(Frame::data(Bytes::from_static(p)))),
+        ))
+    }
+
+    async fn collect(b: Body) -> Vec<u8> {
+        match b.collect().await {
+            Ok(c) => c.to_bytes().to_vec(),
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn small_request_stays_in_memory() {
+        let dir = std::env::temp_dir();
+        let b = read_request(chunks(vec![b"ab", b"cd"]), 10, 100, &dir, Duration::from_secs(1)).await;
+        let b = b.unwrap_or_else(|e| panic!("{e}"));
+        assert!(matches!(b, Buffered::Memory(_)));
+        assert_eq!(b.len(), 4);
+        assert_eq!(collect(b.into_body()).await, b"abcd");
+    }
+
+    #[tokio::test]
+    async fn large_request_spills_to_file_in_order() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let b = read_request(
+            chunks(vec![b"0123", b"4567", b"89"]),
+            5,
+            100,
+            dir.path(),
+            Duration::from_secs(1),
+        )
+        .await;
+        let b = b.unwrap_or_else(|e| panic!("{e}"));
+        assert!(matches!(b, Buffered::File(_, 10)));
+        let body = b.into_body();
+        assert_eq!(body.size_hint().exact(), Some(10));
+        assert_eq!(collect(body).await, b"0123456789");
+        // Unlinked: nothing left in the directory.
+        assert_eq!(std::fs::read_dir(dir.path()).map(|d| d.count()).unwrap_or(99), 0);
+    }
+
+    #[tokio::test]
+    async fn request_over_max_is_refused() {
+        let dir = std::env::temp_dir();
+        let r = read_request(chunks(vec![b"0123", b"4567"]), 5, 6, &dir, Duration::from_secs(1)).await;
+        assert!(matches!(r, Err(RequestBodyError::TooLarge(6))));
+    }
+
+    #[tokio::test]
+    async fn stalled_request_times_out() {
+        let dir = std::env::temp_dir();
+        let (_tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, io::Error>>(1);
+        let body = StreamBody::new(tokio_stream_from(rx));
+        let r = read_request(body, 5, 6, &dir, Duration::from_millis(50)).await;
+        assert!(matches!(r, Err(RequestBodyError::Timeout(_))));
+    }
+
+    fn tokio_stream_from<T: Send + 'static>(
+        mut rx: tokio::sync::mpsc::Receiver<T>,
+    ) -> impl futures_util::Stream<Item = T> + Unpin {
+        Box::pin(futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx)))
+    }
+
+    #[tokio::test]
+    async fn spool_keeps_order_across_memory_and_file() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        // The filler runs ahead of the reader: two parts fit in memory, the rest waits in the file.
+        let mut s = SpoolState::default();
+        for p in [&b"aaa"[..], b"bbb", b"cccc", b"dddd", b"ee"] {
+            push(&mut s, Bytes::from_static(p), 6, dir.path()).unwrap_or_else(|e| panic!("{e}"));
+        }
+        assert_eq!((s.mem_bytes, s.write_pos), (6, 10));
+        s.done = true;
+        let body = SpoolBody {
+            state: Arc::new(Mutex::new(s)),
+            hint: SizeHint::default(),
+        };
+        assert_eq!(collect(body.boxed()).await, b"aaabbbccccddddee");
+        let parts: Vec<&'static [u8]> = vec![b"aaaa", b"bbbb", b"cccc", b"dddd", b"ee"];
+        let body = spool_response(chunks(parts), 6, dir.path().to_path_buf());
+        assert_eq!(collect(body).await, b"aaaabbbbccccddddee");
+    }
+
+    #[tokio::test]
+    async fn spool_passes_upstream_errors_on() {
+        let dir = std::env::temp_dir();
+        let s = stream::iter(vec![
+            Ok(Frame::data(Bytes::from_static(b"x"))),
+            Err(io::Error::other("reset")),
+        ]);
+        let body = spool_response(StreamBody::new(s), 6, dir);
+        assert!(body.collect().await.is_err());
+    }
+}

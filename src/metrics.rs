@@ -1,0 +1,221 @@
+//! Counters and gauges for `/metrics` (Prometheus text format, via
+//! prometheus-client). Label sets are fixed and pre-registered, so counting a
+//! request is an array index and an atomic add — no lock, no allocation.
+
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+use crate::decision::Decision;
+use crate::proxy::Outcome;
+
+const DECISIONS: [&str; 4] = ["proxy", "bypass", "page", "asset"];
+const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    decision: &'static str,
+    status: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DecisionLabel {
+    decision: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabel {
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabel {
+    result: &'static str,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    requests: Vec<Counter>,
+    durations: Vec<Histogram>,
+    upstream_unreachable: Counter,
+    upstream_timeout: Counter,
+    pub reloads_ok: Counter,
+    pub reloads_failed: Counter,
+    pub maintenance: Gauge,
+    pub maintenance_changed: Gauge<f64, AtomicU64>,
+    pub allowlist_entries: Gauge,
+    pub open_connections: Gauge,
+    pub toggle_flips: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("gatekeeper");
+        let requests_f = Family::<RequestLabels, Counter>::default();
+        let mut requests = Vec::new();
+        for d in DECISIONS {
+            for c in CLASSES {
+                requests.push(
+                    requests_f
+                        .get_or_create(&RequestLabels { decision: d, status: c })
+                        .clone(),
+                );
+            }
+        }
+        registry.register(
+            "requests",
+            "Requests answered, by decision and status class",
+            requests_f,
+        );
+
+        let durations_f = Family::<DecisionLabel, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+        });
+        let durations = DECISIONS
+            .iter()
+            .map(|d| durations_f.get_or_create(&DecisionLabel { decision: d }).clone())
+            .collect();
+        registry.register(
+            "request_duration_seconds",
+            "Time to the response head, by decision",
+            durations_f,
+        );
+
+        let upstream_f = Family::<KindLabel, Counter>::default();
+        let upstream_unreachable = upstream_f.get_or_create(&KindLabel { kind: "unreachable" }).clone();
+        let upstream_timeout = upstream_f.get_or_create(&KindLabel { kind: "timeout" }).clone();
+        registry.register(
+            "upstream_errors",
+            "Upstream failures: unreachable (502) or timeout (504)",
+            upstream_f,
+        );
+
+        let reloads_f = Family::<ResultLabel, Counter>::default();
+        let reloads_ok = reloads_f.get_or_create(&ResultLabel { result: "ok" }).clone();
+        let reloads_failed = reloads_f.get_or_create(&ResultLabel { result: "failed" }).clone();
+        registry.register("reloads", "Config reloads, by result", reloads_f);
+
+        let m = Metrics {
+            requests,
+            durations,
+            upstream_unreachable,
+            upstream_timeout,
+            reloads_ok,
+            reloads_failed,
+            maintenance: Gauge::default(),
+            maintenance_changed: Gauge::default(),
+            allowlist_entries: Gauge::default(),
+            open_connections: Gauge::default(),
+            toggle_flips: Counter::default(),
+            registry: Registry::default(),
+        };
+        registry.register("maintenance", "1 while maintenance is on", m.maintenance.clone());
+        registry.register(
+            "maintenance_last_change_timestamp_seconds",
+            "Unix time of the last maintenance flip (or of startup)",
+            m.maintenance_changed.clone(),
+        );
+        registry.register(
+            "maintenance_flips",
+            "Maintenance on/off changes seen",
+            m.toggle_flips.clone(),
+        );
+        registry.register(
+            "allowlist_entries",
+            "Entries in the allowlist (allow + allow_file)",
+            m.allowlist_entries.clone(),
+        );
+        registry.register(
+            "open_connections",
+            "Client connections open now",
+            m.open_connections.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    /// Counts one answered request.
+    pub fn request(&self, decision: Decision, status: u16, outcome: Option<Outcome>, seconds: f64) {
+        let d = match decision {
+            Decision::Proxy { bypass: false } => 0,
+            Decision::Proxy { bypass: true } => 1,
+            Decision::Page => 2,
+            Decision::Asset => 3,
+        };
+        let class = usize::from((status / 100).clamp(1, 5) - 1);
+        if let Some(c) = self.requests.get(d * CLASSES.len() + class) {
+            c.inc();
+        }
+        if let Some(h) = self.durations.get(d) {
+            h.observe(seconds);
+        }
+        match outcome {
+            Some(Outcome::Unreachable) => {
+                self.upstream_unreachable.inc();
+            }
+            Some(Outcome::Timeout) => {
+                self.upstream_timeout.inc();
+            }
+            _ => {}
+        }
+    }
+
+    /// Records the maintenance state and when it last changed.
+    pub fn set_maintenance(&self, on: bool) {
+        self.maintenance.set(i64::from(on));
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        self.maintenance_changed.set(now);
+    }
+
+    /// The Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_show_in_the_exposition() {
+        let m = Metrics::new();
+        m.request(Decision::Page, 503, None, 0.001);
+        m.request(Decision::Proxy { bypass: false }, 502, Some(Outcome::Unreachable), 0.01);
+        m.set_maintenance(true);
+        m.allowlist_entries.set(3);
+        let text = m.encode();
+        assert!(
+            text.contains("gatekeeper_requests_total{decision=\"page\",status=\"5xx\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("gatekeeper_requests_total{decision=\"proxy\",status=\"5xx\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("gatekeeper_upstream_errors_total{kind=\"unreachable\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains("gatekeeper_maintenance 1"), "{text}");
+        assert!(text.contains("gatekeeper_allowlist_entries 3"), "{text}");
+        assert!(text.contains("gatekeeper_request_duration_seconds_bucket"), "{text}");
+        assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+}
