@@ -14,7 +14,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::state::{Runtime, State};
-use crate::{admin, logging, server, toggle, watch};
+use crate::{admin, logging, server, tls, toggle, watch};
 
 /// Runs until a stop signal; returns when every connection is drained (or the grace period ends).
 pub async fn run(config_path: &Path, config: Config) -> anyhow::Result<()> {
@@ -41,6 +41,17 @@ pub async fn run(config_path: &Path, config: Config) -> anyhow::Result<()> {
         ),
         None => None,
     };
+    let tls = match &cfg.tls {
+        None => None,
+        Some(t) => {
+            let store = tls::CertStore::load(&t.specs())?;
+            let acceptor = tokio_rustls::TlsAcceptor::from(tls::server_config(store.clone())?);
+            let listeners = server::bind(&t.listen)
+                .await
+                .map_err(|(addr, e)| anyhow::anyhow!("cannot listen on {addr} (tls): {e}"))?;
+            Some((store, acceptor, listeners))
+        }
+    };
     let observed = toggle::observe(&cfg.maintenance.toggle);
     let state = Arc::new(State::new(rt, observed));
 
@@ -62,7 +73,25 @@ pub async fn run(config_path: &Path, config: Config) -> anyhow::Result<()> {
             limit.clone(),
             shutdown.clone(),
             tracker.clone(),
+            None,
         ));
+    }
+    let mut cert_store = None;
+    if let Some((store, acceptor, listeners)) = tls {
+        for l in listeners {
+            let addr = l.local_addr().context("listener has no address")?;
+            tracing::info!("listening on {addr} (https)");
+            let a = Some(acceptor.clone());
+            tokio::spawn(server::accept_loop(
+                l,
+                state.clone(),
+                limit.clone(),
+                shutdown.clone(),
+                tracker.clone(),
+                a,
+            ));
+        }
+        cert_store = Some(store);
     }
     if let Some(l) = admin_listener {
         let addr = l.local_addr().context("admin listener has no address")?;
@@ -86,12 +115,12 @@ pub async fn run(config_path: &Path, config: Config) -> anyhow::Result<()> {
         tokio::select! {
             _ = hup.recv() => {
                 tracing::info!("SIGHUP: reloading");
-                reload(config_path, &state);
+                reload(config_path, &state, cert_store.as_deref());
                 wake.notify_one();
             }
             _ = reloads.notified() => {
-                tracing::info!("config or allowlist file changed: reloading");
-                reload(config_path, &state);
+                tracing::info!("config, allowlist or certificate file changed: reloading");
+                reload(config_path, &state, cert_store.as_deref());
                 wake.notify_one();
             }
             _ = term.recv() => { tracing::info!("SIGTERM: stopping"); break; }
@@ -111,7 +140,7 @@ pub async fn run(config_path: &Path, config: Config) -> anyhow::Result<()> {
 }
 
 /// Loads the config again and swaps it in; a bad config is refused and the running one stays.
-pub fn reload(path: &Path, state: &State) {
+pub fn reload(path: &Path, state: &State, certs: Option<&tls::CertStore>) {
     let mut states = vec![NotifyState::Reloading];
     if let Ok(now) = NotifyState::monotonic_usec_now() {
         states.push(now);
@@ -119,12 +148,20 @@ pub fn reload(path: &Path, state: &State) {
     notify(&states);
     let cur = state.snapshot();
     let started = std::time::Instant::now();
+    if let Some(store) = certs {
+        // On error the store keeps serving the old pair and has logged why.
+        let _ = store.reload();
+    }
     match Config::load(path).and_then(|c| Runtime::build(c, Some(&cur.rt))) {
         Ok(new) => {
             if new.config.listen != cur.rt.config.listen
                 || new.config.admin.as_ref().map(|a| a.listen) != cur.rt.config.admin.as_ref().map(|a| a.listen)
+                || new.config.tls.as_ref().map(|t| (&t.listen, &t.certs))
+                    != cur.rt.config.tls.as_ref().map(|t| (&t.listen, &t.certs))
             {
-                tracing::warn!("listen addresses changed; they take effect only after a restart");
+                tracing::warn!(
+                    "listen addresses or TLS certificate paths changed; they take effect only after a restart"
+                );
             }
             logging::set_level(&new.config.log.level);
             let entries = new.allow.len();

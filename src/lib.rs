@@ -37,6 +37,8 @@ pub mod proxy;
 pub mod server;
 /// The atomically swapped snapshot requests read.
 pub mod state;
+/// TLS: certificates (hot-reloaded, SNI) and the rustls server config.
+pub mod tls;
 /// Toggle file content, reading, atomic writing.
 pub mod toggle;
 /// Durations and sizes.

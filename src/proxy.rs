@@ -83,7 +83,10 @@ impl UpstreamClient {
             .pool_idle_timeout(Duration::from_secs(60))
             .pool_max_idle_per_host(1024);
         match &cfg.target {
-            UpstreamTarget::Http(authority) => {
+            UpstreamTarget::Http(authority) | UpstreamTarget::H2c(authority) => {
+                if matches!(cfg.target, UpstreamTarget::H2c(_)) {
+                    builder.http2_only(true);
+                }
                 let mut conn = HttpConnector::new();
                 conn.set_nodelay(true);
                 conn.set_connect_timeout(Some(cfg.connect_timeout));
@@ -201,6 +204,7 @@ pub async fn forward(
     });
     rewrite_request_headers(&mut parts.headers, origin, host, upgrade);
     parts.uri = uri;
+    // The client picks the upstream's protocol (HTTP/1.1, or h2 for h2c://).
     parts.version = http::Version::HTTP_11;
     let out = Request::from_parts(parts, body);
 

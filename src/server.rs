@@ -47,6 +47,7 @@ pub async fn accept_loop(
     limit: Arc<Semaphore>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
+    tls: Option<tokio_rustls::TlsAcceptor>,
 ) {
     loop {
         // Beyond max_connections new connections wait in the kernel's backlog.
@@ -69,19 +70,29 @@ pub async fn accept_loop(
         let _ = stream.set_nodelay(true);
         let state = state.clone();
         let shutdown = shutdown.clone();
+        let tls = tls.clone();
         tracker.spawn(async move {
-            serve_connection(stream, peer, state, shutdown).await;
+            match tls {
+                None => serve_connection(stream, peer, state, shutdown, false).await,
+                Some(acceptor) => {
+                    // The handshake counts against the header timeout: a silent client is dropped.
+                    let limit = state.snapshot().rt.config.server.header_timeout;
+                    match tokio::time::timeout(limit, acceptor.accept(stream)).await {
+                        Ok(Ok(tls_stream)) => serve_connection(tls_stream, peer, state, shutdown, true).await,
+                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                    }
+                }
+            }
             drop(permit);
         });
     }
 }
 
-async fn serve_connection(
-    stream: tokio::net::TcpStream,
-    peer: SocketAddr,
-    state: Arc<State>,
-    shutdown: CancellationToken,
-) {
+async fn serve_connection<I>(stream: I, peer: SocketAddr, state: Arc<State>, shutdown: CancellationToken, https: bool)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let limits = state.snapshot().rt.config.server.clone();
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -99,7 +110,7 @@ async fn serve_connection(
     let metrics_state = state.clone();
     let svc = service_fn(move |req| {
         let state = state.clone();
-        async move { Ok::<_, Infallible>(handle(req, peer, &state, false).await) }
+        async move { Ok::<_, Infallible>(handle(req, peer, &state, https).await) }
     });
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
     let open = &metrics_state.metrics.open_connections;
@@ -145,6 +156,15 @@ pub async fn handle(req: Request<Incoming>, peer: SocketAddr, state: &State, htt
         asset: asset.is_some(),
     });
 
+    if !https {
+        if let Some(tls) = cfg.tls.as_ref().filter(|t| t.redirect_http) {
+            if !under_bypass_path(path, &cfg.maintenance.bypass_paths) {
+                if let Some(r) = redirect_to_https(&req, tls) {
+                    return r;
+                }
+            }
+        }
+    }
     let method = req.method().clone();
     let log_path = cfg.log.access.then(|| req.uri().path().to_string());
     let (resp, outcome) = match (decision, asset) {
@@ -207,4 +227,34 @@ fn scopeguard<F: FnOnce()>(f: F) -> impl Drop {
         }
     }
     Guard(Some(f))
+}
+
+/// 308 to the same URL on https (the first TLS listener's port when it is not 443).
+fn redirect_to_https(req: &Request<Incoming>, tls: &crate::config::Tls) -> Option<Response<Body>> {
+    let host = req
+        .headers()
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri().authority().map(|a| a.as_str()))?;
+    let authority: http::uri::Authority = host.parse().ok()?;
+    let port = tls.listen.first().map_or(443, |a| a.port());
+    let target_host = if port == 443 {
+        authority.host().to_string()
+    } else {
+        format!("{}:{port}", authority.host())
+    };
+    let target_host = if target_host.contains(':') && !target_host.starts_with('[') && authority.host().contains(':') {
+        format!(
+            "[{}]{}",
+            authority.host(),
+            if port == 443 { String::new() } else { format!(":{port}") }
+        )
+    } else {
+        target_host
+    };
+    let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    let location = http::HeaderValue::from_str(&format!("https://{target_host}{pq}")).ok()?;
+    let mut r = boxed(page::error_response(http::StatusCode::PERMANENT_REDIRECT));
+    r.headers_mut().insert(http::header::LOCATION, location);
+    Some(r)
 }

@@ -75,6 +75,11 @@ impl Loaded {
                 },
             }
         }
+        if let Some(tls) = &config.tls {
+            if let Err(e) = crate::tls::check(&tls.specs()) {
+                errors.push(plain("tls", e.to_string()));
+            }
+        }
         let pages = match &config.maintenance.dir {
             None => Some(PageSet::embedded()),
             Some(dir) => match PageSet::load(dir) {

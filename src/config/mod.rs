@@ -55,6 +55,20 @@ pub struct CertFiles {
     pub key: PathBuf,
 }
 
+impl Tls {
+    /// The certificate sources in the TLS module's terms.
+    pub fn specs(&self) -> Vec<crate::tls::CertSpec> {
+        self.certs
+            .iter()
+            .map(|c| crate::tls::CertSpec {
+                names: c.names.clone(),
+                cert: c.cert.clone(),
+                key: c.key.clone(),
+            })
+            .collect()
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Tls {
     pub listen: Vec<SocketAddr>,
@@ -68,6 +82,8 @@ pub struct Tls {
 pub enum UpstreamTarget {
     /// `http://host:port`: authority to connect to.
     Http(http::uri::Authority),
+    /// `h2c://host:port`: HTTP/2 with prior knowledge (gRPC-style apps).
+    H2c(http::uri::Authority),
     /// `unix:/run/app.sock`.
     Unix(PathBuf),
 }
@@ -518,15 +534,22 @@ fn parse_upstream(url: &str, base: &Path) -> Result<UpstreamTarget, String> {
         }
         return Ok(UpstreamTarget::Unix(resolve_path(base, path)));
     }
-    let bad = || format!("{url:?} is not an upstream URL (use \"http://host:port\" or \"unix:/path/to.sock\")");
+    let bad = || {
+        format!(
+            "{url:?} is not an upstream URL (use \"http://host:port\", \"h2c://host:port\" or \"unix:/path/to.sock\")"
+        )
+    };
     let uri: http::Uri = url.parse().map_err(|_| bad())?;
-    if uri.scheme_str() != Some("http") {
+    if !matches!(uri.scheme_str(), Some("http" | "h2c")) {
         return Err(bad());
     }
     if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
         return Err(format!("{url:?}: a path or query in the upstream URL is not supported"));
     }
     let authority = uri.authority().cloned().ok_or_else(bad)?;
+    if uri.scheme_str() == Some("h2c") {
+        return Ok(UpstreamTarget::H2c(authority));
+    }
     Ok(UpstreamTarget::Http(authority))
 }
 
