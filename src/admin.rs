@@ -74,6 +74,26 @@ pub fn status_json(state: &State) -> serde_json::Value {
         "version": env!("CARGO_PKG_VERSION"),
         "uptime_seconds": state.started.elapsed().as_secs(),
         "started": humantime::format_rfc3339_seconds(state.started_at).to_string(),
+        "source": m.source.map(|s| match s { crate::state::Source::File => "file", crate::state::Source::Fleet => "fleet" }),
+        "window": if m.present { Some(match m.window {
+            crate::toggle::Window::Active => "active",
+            crate::toggle::Window::Scheduled => "scheduled",
+            crate::toggle::Window::Expired => "expired",
+        }) } else { None },
+        "until": m.until.map(|u| u.to_string()),
+        "secret_set": m.secret.is_some(),
+        "fleet": rt.config.fleet.as_ref().map(|f| {
+            let v = m.fleet.clone().unwrap_or_default();
+            serde_json::json!({
+                "key": f.key,
+                "on": v.on,
+                "connected": v.connected,
+                "revision": v.revision,
+                "last_change": v.last_change.map(|t| humantime::format_rfc3339_seconds(t).to_string()),
+                "reconnects": v.reconnects,
+                "error": v.error,
+            })
+        }),
     })
 }
 

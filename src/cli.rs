@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 
 use crate::config::DEFAULT_PATH;
 
@@ -37,30 +37,64 @@ pub enum Command {
     Check,
     /// Turn maintenance on (creates the toggle file atomically; idempotent)
     #[command(
-        after_help = "Examples:\n  gatekeeper on\n  gatekeeper on --message \"Upgrading the database\" --retry-after 30m\n\n\
+        after_help = "Examples:\n  gatekeeper on\n  gatekeeper on --message \"Upgrading the database\" --retry-after 30m\n  \
+        gatekeeper on --secret                      # prints a bypass link for the team\n  \
+        gatekeeper on --from 2026-12-01T02:00:00Z --until 2026-12-01T02:30:00Z\n  \
+        gatekeeper on --for 30m --fleet             # every instance, through etcd\n\n\
         Works whether the daemon runs or not; the daemon notices within milliseconds."
     )]
-    On {
-        /// Message shown on the maintenance page (replaces {{message}})
-        #[arg(long)]
-        message: Option<String>,
-        /// Retry-After sent to clients, e.g. "30m", "90s" or integer seconds
-        #[arg(long, value_parser = parse_duration_arg)]
-        retry_after: Option<Duration>,
-    },
+    On(OnArgs),
     /// Turn maintenance off (removes the toggle file; idempotent)
-    #[command(after_help = "Example:\n  gatekeeper off")]
-    Off,
-    /// Print one line: "maintenance: on since <time> (<message>)" or "maintenance: off"
+    #[command(after_help = "Examples:\n  gatekeeper off\n  gatekeeper off --fleet")]
+    Off {
+        /// Delete the fleet key in etcd instead of the local toggle file
+        #[arg(long)]
+        fleet: bool,
+    },
+    /// Print "maintenance: on since <time> (<message>)" or "maintenance: off", and what else applies
     #[command(
         after_help = "Example:\n  gatekeeper status\n  maintenance: on since 2026-12-01T02:00:00Z (Upgrading the database)"
     )]
-    Status,
+    Status {
+        /// Print the bypass secret too (it is otherwise only said to be set)
+        #[arg(long)]
+        show_secret: bool,
+    },
     /// Exit 0 when the running daemon's admin endpoint answers /healthz (for container health checks)
     #[command(hide = true)]
     Health,
 }
 
+#[derive(Args, Debug, Default)]
+pub struct OnArgs {
+    /// Message shown on the maintenance page (replaces {{message}})
+    #[arg(long)]
+    pub message: Option<String>,
+    /// Retry-After sent to clients, e.g. "30m", "90s" or integer seconds
+    #[arg(long, value_parser = parse_duration_arg)]
+    pub retry_after: Option<Duration>,
+    /// Let holders of a bypass token in: given, or generated and printed with the bypass link
+    #[arg(long, num_args = 0..=1, default_missing_value = "", value_name = "TOKEN")]
+    pub secret: Option<String>,
+    /// Start of a scheduled window (RFC 3339, e.g. 2026-12-01T02:00:00Z)
+    #[arg(long, value_name = "TIME", value_parser = parse_time_arg)]
+    pub from: Option<jiff::Timestamp>,
+    /// End of the window (RFC 3339); Retry-After counts down to it
+    #[arg(long, value_name = "TIME", value_parser = parse_time_arg, conflicts_with = "for_")]
+    pub until: Option<jiff::Timestamp>,
+    /// Length of the window, from --from or from now (e.g. 30m)
+    #[arg(long = "for", value_name = "DURATION", value_parser = parse_duration_arg)]
+    pub for_: Option<Duration>,
+    /// Write the fleet key in etcd (every instance) instead of the local toggle file
+    #[arg(long)]
+    pub fleet: bool,
+}
+
 fn parse_duration_arg(s: &str) -> Result<Duration, String> {
     crate::units::parse_duration(s)
+}
+
+fn parse_time_arg(s: &str) -> Result<jiff::Timestamp, String> {
+    s.parse::<jiff::Timestamp>()
+        .map_err(|e| format!("{s:?} is not an RFC 3339 time such as 2026-12-01T02:00:00Z: {e}"))
 }

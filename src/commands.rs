@@ -1,13 +1,16 @@
-//! The bodies of `check`, `on`, `off` and `status`: short, synchronous, no runtime.
+//! The bodies of `check`, `on`, `off`, `status` and `health`: short and
+//! synchronous (a small runtime only for talking to etcd).
 
 use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context;
 
+use crate::cli::OnArgs;
 use crate::config::{Config, ConfigErrors};
-use crate::state::Loaded;
-use crate::toggle::{self, ToggleContent};
+use crate::fleet;
+use crate::state::{human_until, Loaded};
+use crate::toggle::{self, ToggleContent, Window};
 
 /// Loads the config and everything it points to; `Err` holds every problem found.
 pub fn check(path: &Path) -> Result<Config, ConfigErrors> {
@@ -16,39 +19,182 @@ pub fn check(path: &Path) -> Result<Config, ConfigErrors> {
     Ok(cfg)
 }
 
-pub fn on(path: &Path, message: Option<String>, retry_after: Option<Duration>) -> anyhow::Result<String> {
-    let cfg = Config::load(path)?;
-    let toggle = &cfg.maintenance.toggle;
-    let content = ToggleContent { message, retry_after };
-    toggle::write_atomic(toggle, &content).with_context(|| format!("cannot write toggle {}", toggle.display()))?;
-    Ok(format!("maintenance: on ({})", toggle.display()))
+/// `check`'s extra word about etcd: reachable or not (never a failure by itself).
+pub fn check_fleet(cfg: &Config) -> Option<String> {
+    let f = cfg.fleet.as_ref()?;
+    Some(match block_on(fleet::get(f)) {
+        Ok(Ok((v, rev))) => format!(
+            "fleet: etcd reachable ({}, key {} {} at revision {rev})",
+            f.endpoints.join(","),
+            f.key,
+            if v.is_some() { "present" } else { "absent" }
+        ),
+        Ok(Err(e)) => format!("fleet: warning: {e}"),
+        Err(e) => format!("fleet: warning: {e}"),
+    })
 }
 
-pub fn off(path: &Path) -> anyhow::Result<String> {
+pub fn on(path: &Path, args: OnArgs) -> anyhow::Result<String> {
     let cfg = Config::load(path)?;
-    let toggle = &cfg.maintenance.toggle;
-    toggle::remove(toggle).with_context(|| format!("cannot remove toggle {}", toggle.display()))?;
+    let generated = args.secret.as_deref() == Some("");
+    let secret = match args.secret {
+        Some(s) if s.is_empty() => Some(new_secret()?),
+        other => other,
+    };
+    let now = jiff::Timestamp::now();
+    let until = match (args.until, args.for_) {
+        (Some(u), _) => Some(u),
+        (None, Some(d)) => {
+            let start = args.from.unwrap_or(now);
+            let span = jiff::SignedDuration::try_from(d).context("--for is too long")?;
+            Some(start.checked_add(span).context("--for is too long")?)
+        }
+        (None, None) => None,
+    };
+    if let (Some(f), Some(u)) = (args.from, until) {
+        anyhow::ensure!(f < u, "--from {f} is not before the window's end {u}");
+    }
+    if let Some(u) = until {
+        anyhow::ensure!(u > now, "the window's end {u} is already past");
+    }
+    let content = ToggleContent {
+        message: args.message,
+        retry_after: args.retry_after,
+        secret: secret.clone(),
+        from: args.from,
+        until,
+    };
+    let mut out = if args.fleet {
+        let f = cfg
+            .fleet
+            .as_ref()
+            .context("--fleet needs a [fleet] section in the config")?;
+        let rev = block_on(fleet::put(f, &content.to_toml()))??;
+        format!("maintenance: on for the fleet ({}, revision {rev})", f.key)
+    } else {
+        let t = &cfg.maintenance.toggle;
+        toggle::write_atomic(t, &content).with_context(|| format!("cannot write toggle {}", t.display()))?;
+        format!("maintenance: on ({})", t.display())
+    };
+    if let Some(w) = describe_window(&content, now) {
+        out.push_str(&format!("\n{w}"));
+    }
+    if let Some(s) = &secret {
+        let bypass_path = cfg.bypass.path.trim_end_matches('/');
+        out.push_str(&format!(
+            "\nbypass link: http://<your-site>{bypass_path}/{s}{}",
+            if generated { "  (generated secret)" } else { "" }
+        ));
+        out.push_str(&format!("\nbypass header: {}: {s}", cfg.bypass.header));
+    }
+    Ok(out)
+}
+
+pub fn off(path: &Path, fleet_key: bool) -> anyhow::Result<String> {
+    let cfg = Config::load(path)?;
+    if fleet_key {
+        let f = cfg
+            .fleet
+            .as_ref()
+            .context("--fleet needs a [fleet] section in the config")?;
+        let rev = block_on(fleet::delete(f))??;
+        return Ok(format!("maintenance: off for the fleet ({}, revision {rev})", f.key));
+    }
+    let t = &cfg.maintenance.toggle;
+    toggle::remove(t).with_context(|| format!("cannot remove toggle {}", t.display()))?;
     Ok("maintenance: off".to_string())
 }
 
-pub fn status(path: &Path) -> anyhow::Result<String> {
+pub fn status(path: &Path, show_secret: bool) -> anyhow::Result<String> {
     let cfg = Config::load(path)?;
     let obs = toggle::observe(&cfg.maintenance.toggle);
-    if !obs.exists {
-        return Ok(format!("maintenance: off{}", daemon_view(&cfg, false)));
+    let now = jiff::Timestamp::now();
+    let mut out = if !obs.exists {
+        "maintenance: off".to_string()
+    } else {
+        let since = obs.since.map_or_else(
+            || "unknown time".to_string(),
+            |t| humantime::format_rfc3339_seconds(t).to_string(),
+        );
+        let message = obs
+            .content
+            .message
+            .clone()
+            .unwrap_or_else(|| cfg.maintenance.message.clone());
+        match obs.content.window_at(now) {
+            Window::Active => format!("maintenance: on since {since} ({message})"),
+            Window::Scheduled => format!("maintenance: scheduled ({message})"),
+            Window::Expired => "maintenance: expired (the window has ended; `gatekeeper on` replaces it)".to_string(),
+        }
+    };
+    if obs.exists {
+        if let Some(w) = describe_window(&obs.content, now) {
+            out.push_str(&format!("\n{w}"));
+        }
+        if let Some(s) = obs.content.secret.as_deref().filter(|s| !s.is_empty()) {
+            if show_secret {
+                out.push_str(&format!("\nsecret: {s}"));
+            } else {
+                out.push_str("\nsecret: set (--show-secret prints it)");
+            }
+        }
+        if let Some(w) = &obs.warning {
+            out.push_str(&format!("\nwarning: {w}"));
+        }
     }
-    let since = obs.since.map_or_else(
-        || "unknown time".to_string(),
-        |t| humantime::format_rfc3339_seconds(t).to_string(),
-    );
-    let message = obs
-        .content
-        .message
-        .clone()
-        .unwrap_or_else(|| cfg.maintenance.message.clone());
-    let mut out = format!("maintenance: on since {since} ({message})");
-    out.push_str(&daemon_view(&cfg, true));
+    if let Some(f) = &cfg.fleet {
+        out.push_str(&match block_on(fleet::get(f)) {
+            Ok(Ok((Some(_), rev))) => format!("\nfleet: on ({}, revision {rev})", f.key),
+            Ok(Ok((None, rev))) => format!("\nfleet: off ({}, revision {rev})", f.key),
+            Ok(Err(e)) => format!("\nfleet: unreachable ({e})"),
+            Err(e) => format!("\nfleet: unreachable ({e})"),
+        });
+    }
+    let active = obs.exists && obs.content.window_at(now) == Window::Active;
+    out.push_str(&daemon_view(&cfg, active));
     Ok(out)
+}
+
+/// "window: 2026-12-01T02:00:00Z .. 2026-12-01T02:30:00Z (12m 5s left)" or None.
+fn describe_window(c: &ToggleContent, now: jiff::Timestamp) -> Option<String> {
+    if c.from.is_none() && c.until.is_none() {
+        return None;
+    }
+    let from = c.from.map_or_else(|| "now".to_string(), |f| f.to_string());
+    let until = c
+        .until
+        .map_or_else(|| "until turned off".to_string(), |u| u.to_string());
+    let left = match c.window_at(now) {
+        Window::Scheduled => c.from.map(|f| format!("starts in {}", left_text(f, now))),
+        Window::Active => c
+            .until
+            .map(|u| format!("{} left, back at {}", left_text(u, now), human_until(u))),
+        Window::Expired => Some("ended".to_string()),
+    };
+    Some(match left {
+        Some(l) => format!("window: {from} .. {until} ({l})"),
+        None => format!("window: {from} .. {until}"),
+    })
+}
+
+fn left_text(t: jiff::Timestamp, now: jiff::Timestamp) -> String {
+    let secs = t.as_second().saturating_sub(now.as_second()).max(0);
+    humantime::format_duration(Duration::from_secs(u64::try_from(secs).unwrap_or(0))).to_string()
+}
+
+/// 128 random bits, hex: URL-safe as it is.
+fn new_secret() -> anyhow::Result<String> {
+    let mut b = [0u8; 16];
+    getrandom::fill(&mut b).map_err(|e| anyhow::anyhow!("no randomness for a secret: {e}"))?;
+    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
+}
+
+fn block_on<F: std::future::Future>(f: F) -> anyhow::Result<F::Output> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start a runtime to talk to etcd")?;
+    Ok(rt.block_on(f))
 }
 
 /// A second line when the running daemon (asked through the admin endpoint)
@@ -62,11 +208,12 @@ fn daemon_view(cfg: &Config, file_on: bool) -> String {
                 .ok()
                 .and_then(|v| v.get("maintenance").and_then(|m| m.as_str()).map(|m| m == "on"));
             match daemon_on {
-                Some(d) if d != file_on => format!(
+                Some(d) if d != file_on && cfg.fleet.is_none() => format!(
                     "\ndaemon: sees maintenance {} (the file says {}; it applies changes within `maintenance.recheck` at most)",
                     if d { "on" } else { "off" },
                     if file_on { "on" } else { "off" }
                 ),
+                Some(d) if d != file_on => format!("\ndaemon: sees maintenance {}", if d { "on" } else { "off" }),
                 Some(_) => String::new(),
                 None => "\ndaemon: unexpected answer from the admin endpoint".to_string(),
             }

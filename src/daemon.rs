@@ -14,7 +14,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::state::{Runtime, State};
-use crate::{admin, logging, server, tls, toggle, watch};
+use crate::{admin, fleet, logging, server, tls, toggle, watch};
 
 /// Runs until a stop signal; returns when every connection is drained (or the grace period ends).
 pub async fn run(config_path: &Path, config: Config) -> anyhow::Result<()> {
@@ -54,10 +54,25 @@ pub async fn run(config_path: &Path, config: Config) -> anyhow::Result<()> {
     };
     let observed = toggle::observe(&cfg.maintenance.toggle);
     let state = Arc::new(State::new(rt, observed));
+    if let Some(f) = &cfg.fleet {
+        // Before serving: an instance restarted during an etcd outage starts in the last known state.
+        if let Some(view) = fleet::restore(f, &cfg.maintenance.toggle) {
+            state.set_fleet(view);
+        }
+    }
 
     let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();
     let wake = watch::spawn(state.clone(), shutdown.clone()).context("cannot start the toggle watcher")?;
+    if let Some(f) = &cfg.fleet {
+        fleet::spawn(
+            f.clone(),
+            cfg.maintenance.toggle.clone(),
+            state.clone(),
+            wake.clone(),
+            shutdown.clone(),
+        );
+    }
     let reloads = Arc::new(tokio::sync::Notify::new());
     let r = reloads.clone();
     watch::spawn_config_watch(state.clone(), shutdown.clone(), move || r.notify_one())

@@ -23,6 +23,8 @@ pub mod config;
 pub mod daemon;
 /// The pure proxy-or-page decision.
 pub mod decision;
+/// The fleet switch: one etcd key for many instances.
+pub mod fleet;
 /// Hop-by-hop header handling.
 pub mod hop;
 /// Log setup.

@@ -21,12 +21,18 @@ fn main() -> ExitCode {
             runtime.block_on(daemon::run(path, config)).map(|()| String::new())
         }
         Command::Check => match commands::check(path) {
-            Ok(_) => Ok(format!("config OK: {}", path.display())),
+            Ok(cfg) => {
+                let mut out = format!("config OK: {}", path.display());
+                if let Some(f) = commands::check_fleet(&cfg) {
+                    out = format!("{out}\n{f}");
+                }
+                Ok(out)
+            }
             Err(e) => return fail_config(&e),
         },
-        Command::On { message, retry_after } => commands::on(path, message, retry_after),
-        Command::Off => commands::off(path),
-        Command::Status => commands::status(path),
+        Command::On(args) => commands::on(path, args),
+        Command::Off { fleet } => commands::off(path, fleet),
+        Command::Status { show_secret } => commands::status(path, show_secret),
         Command::Health => commands::health(path),
     };
     match result {

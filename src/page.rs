@@ -486,7 +486,13 @@ pub struct Rendered {
 
 /// Fills `{{message}}`, `{{retry_after}}` and `{{until}}` (empty when `None`)
 /// in the template. Message and `until` are HTML-escaped.
-pub fn render(pages: &PageSet, message: &str, retry_after_secs: u64, until: Option<&str>) -> Rendered {
+pub fn render(
+    pages: &PageSet,
+    message: &str,
+    retry_after_secs: u64,
+    until: Option<&str>,
+    until_human: Option<&str>,
+) -> Rendered {
     let tpl = pages.template();
     let mut out = String::with_capacity(tpl.len() + message.len() * 2);
     // Single pass over the template: substituted text is never rescanned, so
@@ -503,6 +509,9 @@ pub fn render(pages: &PageSet, message: &str, retry_after_secs: u64, until: Opti
             rest = after;
         } else if let Some(after) = tail.strip_prefix("{{until}}") {
             escape_html_into(&mut out, until.unwrap_or(""));
+            rest = after;
+        } else if let Some(after) = tail.strip_prefix("{{until_human}}") {
+            escape_html_into(&mut out, until_human.or(until).unwrap_or(""));
             rest = after;
         } else {
             out.push_str("{{");
@@ -1049,7 +1058,7 @@ mod tests {
     #[test]
     fn render_escapes_and_fills() {
         let p = simple_pages("<p>{{message}}</p><b>{{retry_after}}</b><t d=\"{{until}}\">{{until}}</t>{{other}} {{");
-        let r = render(&p, "<script>alert('x')</script> & \"q\"", 120, None);
+        let r = render(&p, "<script>alert('x')</script> & \"q\"", 120, None, None);
         assert_eq!(
             std::str::from_utf8(&r.html).unwrap(),
             "<p>&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt; &amp; &quot;q&quot;</p><b>120</b><t d=\"\"></t>{{other}} {{"
@@ -1057,7 +1066,7 @@ mod tests {
         assert_eq!(r.message, "<script>alert('x')</script> & \"q\"");
         assert_eq!(r.until, None);
 
-        let r = render(&p, "{{until}}{{retry_after}}", 5, Some("2030-01-01T00:00:00Z"));
+        let r = render(&p, "{{until}}{{retry_after}}", 5, Some("2030-01-01T00:00:00Z"), None);
         assert_eq!(
             std::str::from_utf8(&r.html).unwrap(),
             "<p>{{until}}{{retry_after}}</p><b>5</b><t d=\"2030-01-01T00:00:00Z\">2030-01-01T00:00:00Z</t>{{other}} {{"
@@ -1067,7 +1076,7 @@ mod tests {
 
     #[test]
     fn render_embedded() {
-        let r = render(&PageSet::embedded(), "Upgrading <db>", 300, None);
+        let r = render(&PageSet::embedded(), "Upgrading <db>", 300, None, None);
         let html = std::str::from_utf8(&r.html).unwrap();
         assert!(html.contains("Upgrading &lt;db&gt;"));
         assert!(html.contains("300"));
@@ -1148,7 +1157,7 @@ mod tests {
 
     #[test]
     fn maintenance_html_and_head() {
-        let r = render(&simple_pages("<p>{{message}}</p>"), "Back soon", 60, None);
+        let r = render(&simple_pages("<p>{{message}}</p>"), "Back soon", 60, None, None);
         let (parts, body) = block_on(collect(maintenance_response(&r, &Method::GET, None, 60)));
         assert_eq!(parts.status, StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(parts.headers[CONTENT_TYPE], "text/html; charset=utf-8");
@@ -1166,7 +1175,7 @@ mod tests {
 
     #[test]
     fn maintenance_json_exact() {
-        let r = render(&simple_pages("x"), "Down for \"upgrades\" <b>", 120, None);
+        let r = render(&simple_pages("x"), "Down for \"upgrades\" <b>", 120, None, None);
         let json = HeaderValue::from_static("application/json");
         let (parts, body) = block_on(collect(maintenance_response(&r, &Method::GET, Some(&json), 120)));
         assert_eq!(parts.status, StatusCode::SERVICE_UNAVAILABLE);
@@ -1177,7 +1186,7 @@ mod tests {
         assert_eq!(std::str::from_utf8(&body).unwrap(), expected);
         assert_eq!(parts.headers[CONTENT_LENGTH], expected.len().to_string().as_str());
 
-        let r = render(&simple_pages("x"), "m", 30, Some("2030-01-01T00:00:00Z"));
+        let r = render(&simple_pages("x"), "m", 30, Some("2030-01-01T00:00:00Z"), None);
         let (_, body) = block_on(collect(maintenance_response(&r, &Method::GET, Some(&json), 30)));
         assert_eq!(
             std::str::from_utf8(&body).unwrap(),
@@ -1360,7 +1369,7 @@ mod tests {
 
         #[test]
         fn render_never_rescans(msg in any::<String>(), secs in any::<u64>()) {
-            let r = render(&simple_pages("{{message}}|{{retry_after}}"), &msg, secs, None);
+            let r = render(&simple_pages("{{message}}|{{retry_after}}"), &msg, secs, None, None);
             let html = std::str::from_utf8(&r.html).unwrap().to_string();
             let mut expected = String::new();
             escape_html_into(&mut expected, &msg);

@@ -170,10 +170,15 @@ pub async fn handle(req: Request<Incoming>, peer: SocketAddr, state: &State, htt
     let (resp, outcome) = match (decision, asset) {
         (Decision::Page, _) | (Decision::Asset, None) => {
             let accept = req.headers().get(http::header::ACCEPT);
-            (
-                boxed(page::maintenance_response(&m.rendered, &method, accept, m.retry_after)),
-                None,
-            )
+            let retry = m.retry_after_now();
+            let resp = if m.until.is_some() {
+                // The countdown changes every second; the page is rendered for this moment.
+                let r = crate::state::render_at(&rt.pages, &m.message, retry, m.until);
+                page::maintenance_response(&r, &method, accept, retry)
+            } else {
+                page::maintenance_response(&m.rendered, &method, accept, retry)
+            };
+            (boxed(resp), None)
         }
         (Decision::Asset, Some(a)) => (boxed(page::asset_response(a, &method)), None),
         (Decision::Proxy { bypass }, _) => {

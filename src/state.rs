@@ -14,7 +14,7 @@ use crate::config::{Config, ConfigError, ConfigErrors};
 use crate::metrics::Metrics;
 use crate::page::{self, PageSet, Rendered};
 use crate::proxy::UpstreamClient;
-use crate::toggle::Observed;
+use crate::toggle::{Observed, ToggleContent, Window};
 use crate::units::ceil_secs;
 
 /// What a config turns into once its files are loaded.
@@ -123,31 +123,126 @@ impl Runtime {
     }
 }
 
-/// The maintenance view a request acts on, derived from the toggle and the config.
+/// The fleet source's latest word, as the fleet module publishes it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FleetView {
+    /// Maintenance per the fleet: the key exists (or `on_error = "on"` while etcd is unreachable).
+    pub on: bool,
+    /// The key's value (toggle-file TOML) when on.
+    pub value: Option<String>,
+    /// The etcd revision of the last change seen.
+    pub revision: i64,
+    pub connected: bool,
+    pub last_change: Option<SystemTime>,
+    pub reconnects: u64,
+    /// Why etcd is unreachable, while it is.
+    pub error: Option<String>,
+}
+
+/// Which source switched maintenance on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    File,
+    Fleet,
+}
+
+/// The maintenance view a request acts on, derived from the toggle file, the
+/// fleet key, the clock (scheduled windows) and the config.
 pub struct Maint {
+    /// A toggle (file or fleet) is present, whatever its window says.
+    pub present: bool,
+    /// Maintenance applies to requests now.
     pub active: bool,
+    pub source: Option<Source>,
+    pub window: Window,
     pub since: Option<SystemTime>,
     pub message: String,
+    /// Retry-After when no window end is known.
     pub retry_after: u64,
+    pub until: Option<jiff::Timestamp>,
+    pub next_boundary: Option<jiff::Timestamp>,
+    /// Bypass token from the toggle content.
+    pub secret: Option<Arc<str>>,
     pub rendered: Rendered,
     pub observed: Observed,
+    pub fleet: Option<FleetView>,
+    pub warning: Option<String>,
 }
 
 impl Maint {
-    pub fn derive(observed: Observed, rt: &Runtime) -> Maint {
+    pub fn derive(observed: Observed, fleet: Option<FleetView>, rt: &Runtime, now: jiff::Timestamp) -> Maint {
         let m = &rt.config.maintenance;
-        let message = observed.content.message.clone().unwrap_or_else(|| m.message.clone());
-        let retry_after = ceil_secs(observed.content.retry_after.unwrap_or(m.retry_after));
-        let rendered = page::render(&rt.pages, &message, retry_after, None);
+        // The local toggle's content wins where both are on: it is the more specific switch.
+        let (present, source, content, since, warning) = if observed.exists {
+            let c = observed.content.clone();
+            (true, Some(Source::File), c, observed.since, observed.warning.clone())
+        } else if let Some(f) = fleet.as_ref().filter(|f| f.on) {
+            let (c, w) = match ToggleContent::parse(f.value.as_deref().unwrap_or("")) {
+                Ok(c) => (c, None),
+                Err(e) => (
+                    ToggleContent::default(),
+                    Some(format!("fleet key has malformed content, using defaults: {e}")),
+                ),
+            };
+            (true, Some(Source::Fleet), c, f.last_change, w)
+        } else {
+            (false, None, ToggleContent::default(), None, None)
+        };
+        let window = if present {
+            content.window_at(now)
+        } else {
+            Window::Active
+        };
+        let active = present && window == Window::Active;
+        let message = content.message.clone().unwrap_or_else(|| m.message.clone());
+        let retry_after = ceil_secs(content.retry_after.unwrap_or(m.retry_after));
+        let until = content.until;
+        let rendered = render_at(&rt.pages, &message, retry_after, until);
         Maint {
-            active: observed.exists,
-            since: observed.since,
+            present,
+            active,
+            source,
+            window,
+            since,
             message,
             retry_after,
+            until,
+            next_boundary: if present { content.next_boundary(now) } else { None },
+            secret: content.secret.as_deref().filter(|s| !s.is_empty()).map(Arc::from),
             rendered,
             observed,
+            fleet,
+            warning,
         }
     }
+
+    /// Retry-After for a request now: the seconds left in the window when it has
+    /// an end (at least 1), else the configured or toggled value.
+    pub fn retry_after_now(&self) -> u64 {
+        match self.until {
+            Some(u) => {
+                let left = u.duration_since(jiff::Timestamp::now()).as_secs_f64().ceil();
+                if left >= 1.0 {
+                    left as u64
+                } else {
+                    1
+                }
+            }
+            None => self.retry_after,
+        }
+    }
+}
+
+/// The page for a message, retry time and optional window end.
+pub fn render_at(pages: &PageSet, message: &str, retry_after: u64, until: Option<jiff::Timestamp>) -> Rendered {
+    let rfc = until.map(|u| u.to_string());
+    let human = until.map(human_until);
+    page::render(pages, message, retry_after, rfc.as_deref(), human.as_deref())
+}
+
+/// "2026-12-01T02:30:00Z" → "02:30 UTC on 2026-12-01": for people, script-free.
+pub fn human_until(t: jiff::Timestamp) -> String {
+    t.strftime("%H:%M UTC on %Y-%m-%d").to_string()
 }
 
 pub struct Snapshot {
@@ -167,7 +262,7 @@ pub struct State {
 
 impl State {
     pub fn new(rt: Runtime, observed: Observed) -> State {
-        let maint = Maint::derive(observed, &rt);
+        let maint = Maint::derive(observed, None, &rt, jiff::Timestamp::now());
         let metrics = Metrics::new();
         metrics.set_maintenance(maint.active);
         metrics.allowlist_entries.set(rt.allow.len() as i64);
@@ -190,29 +285,39 @@ impl State {
 
     /// Swaps in a new runtime (a reload), re-deriving the maintenance view from it.
     pub fn set_runtime(&self, rt: Runtime) {
-        let _w = self.write.lock().unwrap_or_else(|p| p.into_inner());
-        let cur = self.current.load();
-        let maint = Maint::derive(cur.maint.observed.clone(), &rt);
         self.metrics.allowlist_entries.set(rt.allow.len() as i64);
-        self.current.store(Arc::new(Snapshot {
-            rt: Arc::new(rt),
-            maint: Arc::new(maint),
-        }));
+        let rt = Arc::new(rt);
+        self.update(|cur| (rt.clone(), cur.maint.observed.clone(), cur.maint.fleet.clone()));
     }
 
-    /// Applies a new observation of the toggle; returns (was active, is active).
+    /// Applies a new observation of the toggle file; returns (was active, is active).
     pub fn set_observed(&self, observed: Observed) -> (bool, bool) {
+        self.update(|cur| (cur.rt.clone(), observed, cur.maint.fleet.clone()))
+    }
+
+    /// Applies the fleet source's latest word; returns (was active, is active).
+    pub fn set_fleet(&self, fleet: FleetView) -> (bool, bool) {
+        self.update(|cur| (cur.rt.clone(), cur.maint.observed.clone(), Some(fleet)))
+    }
+
+    /// Re-derives the view at the present moment (a window opened or closed).
+    pub fn refresh(&self) -> (bool, bool) {
+        self.update(|cur| (cur.rt.clone(), cur.maint.observed.clone(), cur.maint.fleet.clone()))
+    }
+
+    fn update(&self, next: impl FnOnce(&Snapshot) -> (Arc<Runtime>, Observed, Option<FleetView>)) -> (bool, bool) {
         let _w = self.write.lock().unwrap_or_else(|p| p.into_inner());
         let cur = self.current.load();
         let was = cur.maint.active;
-        let maint = Maint::derive(observed, &cur.rt);
+        let (rt, observed, fleet) = next(&cur);
+        let maint = Maint::derive(observed, fleet, &rt, jiff::Timestamp::now());
         let now = maint.active;
         if was != now {
             self.metrics.set_maintenance(now);
             self.metrics.toggle_flips.inc();
         }
         self.current.store(Arc::new(Snapshot {
-            rt: cur.rt.clone(),
+            rt,
             maint: Arc::new(maint),
         }));
         (was, now)

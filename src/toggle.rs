@@ -23,6 +23,43 @@ pub struct ToggleContent {
     /// A duration ("10m") or integer seconds.
     #[serde(skip_serializing_if = "Option::is_none", default, with = "retry_after_serde")]
     pub retry_after: Option<Duration>,
+    /// Bypass token: `/.gatekeeper/bypass/<secret>` and the bypass header let its holders in.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+    /// Scheduled window (RFC 3339): maintenance is active only from `from` until `until`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub from: Option<jiff::Timestamp>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub until: Option<jiff::Timestamp>,
+}
+
+/// Where the present moment lies relative to a toggle's window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Window {
+    /// No window, or inside it.
+    Active,
+    /// Before `from`.
+    Scheduled,
+    /// At or after `until`.
+    Expired,
+}
+
+impl ToggleContent {
+    /// Where `now` lies in this content's window.
+    pub fn window_at(&self, now: jiff::Timestamp) -> Window {
+        if self.until.is_some_and(|u| now >= u) {
+            Window::Expired
+        } else if self.from.is_some_and(|f| now < f) {
+            Window::Scheduled
+        } else {
+            Window::Active
+        }
+    }
+
+    /// The next instant at which the window state changes, if any is ahead.
+    pub fn next_boundary(&self, now: jiff::Timestamp) -> Option<jiff::Timestamp> {
+        [self.from, self.until].into_iter().flatten().filter(|t| *t > now).min()
+    }
 }
 
 mod retry_after_serde {
@@ -163,7 +200,15 @@ mod tests {
         let c = ToggleContent {
             message: Some("Upgrading \"db\"".into()),
             retry_after: Some(Duration::from_secs(1800)),
+            secret: Some("s3cret".into()),
+            from: "2026-12-01T02:00:00Z".parse().ok(),
+            until: "2026-12-01T03:30:00+01:00".parse().ok(),
         };
+        assert!(
+            c.to_toml().contains("until = \"2026-12-01T02:30:00Z\""),
+            "{}",
+            c.to_toml()
+        );
         assert_eq!(ToggleContent::parse(&c.to_toml()), Ok(c));
         assert_eq!(ToggleContent::parse(" \n"), Ok(ToggleContent::default()));
         assert_eq!(
@@ -175,6 +220,33 @@ mod tests {
     }
 
     #[test]
+    fn windows() {
+        let at = |s: &str| s.parse::<jiff::Timestamp>().unwrap_or_else(|e| panic!("{e}"));
+        let c = ToggleContent {
+            from: Some(at("2026-12-01T02:00:00Z")),
+            until: Some(at("2026-12-01T02:30:00Z")),
+            ..ToggleContent::default()
+        };
+        assert_eq!(c.window_at(at("2026-12-01T01:59:59Z")), Window::Scheduled);
+        assert_eq!(c.window_at(at("2026-12-01T02:00:00Z")), Window::Active);
+        assert_eq!(c.window_at(at("2026-12-01T02:30:00Z")), Window::Expired);
+        assert_eq!(
+            c.next_boundary(at("2026-12-01T01:00:00Z")),
+            Some(at("2026-12-01T02:00:00Z"))
+        );
+        assert_eq!(
+            c.next_boundary(at("2026-12-01T02:10:00Z")),
+            Some(at("2026-12-01T02:30:00Z"))
+        );
+        assert_eq!(c.next_boundary(at("2026-12-01T02:30:00Z")), None);
+        assert_eq!(
+            ToggleContent::default().window_at(at("2026-12-01T02:00:00Z")),
+            Window::Active
+        );
+        assert!(ToggleContent::parse("from = \"tomorrow\"").is_err());
+    }
+
+    #[test]
     fn observe_write_remove() -> io::Result<()> {
         let dir = tempfile::tempdir()?;
         let p = dir.path().join("maintenance-mode-on");
@@ -183,7 +255,7 @@ mod tests {
             &p,
             &ToggleContent {
                 message: Some("hi".into()),
-                retry_after: None,
+                ..ToggleContent::default()
             },
         )?;
         let o = observe(&p);

@@ -37,10 +37,26 @@ pub fn spawn(state: Arc<State>, shutdown: CancellationToken) -> Result<Wake, not
         let mut cause = "startup";
         loop {
             t.check(&state, cause);
-            let recheck = state.snapshot().rt.config.maintenance.recheck;
+            // A window boundary that passed (timer fired, or the clock jumped): re-derive now.
+            let now = jiff::Timestamp::now();
+            if state.snapshot().maint.next_boundary.is_some_and(|b| b <= now) {
+                let (was, is) = state.refresh();
+                if was != is {
+                    tracing::info!(cause = "schedule", "maintenance {} -> {}", onoff(was), onoff(is));
+                }
+            }
+            let snap = state.snapshot();
+            let recheck = snap.rt.config.maintenance.recheck;
+            // Sleep to the next window boundary, a hair past it so that it has surely passed.
+            let boundary = snap.maint.next_boundary.map(|b| {
+                let ms = b.as_millisecond().saturating_sub(now.as_millisecond()).max(0);
+                std::time::Duration::from_millis(u64::try_from(ms).unwrap_or(0) + 1)
+            });
+            drop(snap);
             cause = tokio::select! {
                 _ = wake2.notified() => "inotify",
                 _ = tokio::time::sleep(recheck) => "periodic re-check",
+                _ = tokio::time::sleep(boundary.unwrap_or(std::time::Duration::from_secs(86_400))), if boundary.is_some() => "schedule",
                 _ = shutdown.cancelled() => return,
             };
         }
@@ -65,7 +81,7 @@ impl ToggleWatch {
             .as_ref()
             .is_some_and(|l| l.exists == obs.exists && l.fingerprint == obs.fingerprint)
             && cur.maint.observed.fingerprint == obs.fingerprint
-            && cur.maint.active == obs.exists;
+            && cur.maint.observed.exists == obs.exists;
         if same {
             return;
         }

@@ -40,6 +40,42 @@ pub struct Config {
     /// The admin endpoint (`/metrics`, `/status`, `/healthz`), when configured.
     pub admin: Option<Admin>,
     pub tls: Option<Tls>,
+    /// One switch for many instances, through etcd.
+    pub fleet: Option<Fleet>,
+    pub bypass: Bypass,
+}
+
+/// The secret bypass link, cookie and header.
+#[derive(Debug, Clone)]
+pub struct Bypass {
+    /// Path prefix of the link; the token follows it. Always ends with '/'.
+    pub path: String,
+    pub cookie_name: String,
+    pub cookie_ttl: Duration,
+    pub header: http::HeaderName,
+}
+
+/// While etcd cannot be reached: keep the last known state, or fail closed/open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnError {
+    Keep,
+    On,
+    Off,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fleet {
+    /// etcd v3 endpoints, e.g. "http://127.0.0.1:2379".
+    pub endpoints: Vec<String>,
+    /// The key whose existence means maintenance for every instance.
+    pub key: String,
+    pub on_error: OnError,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    /// `[fleet.tls]`: CA bundle, client certificate and key for TLS to etcd.
+    pub ca: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -465,6 +501,133 @@ fn build(raw: RawConfig, base: &Path, file: &Path, c: &mut Collector) -> Config 
         }
     });
 
+    let fleet = raw.fleet.as_ref().map(|f| {
+        let mut endpoints = Vec::new();
+        for (i, e) in f.endpoints.get_ref().iter().enumerate() {
+            let ok = e
+                .get_ref()
+                .parse::<http::Uri>()
+                .is_ok_and(|u| matches!(u.scheme_str(), Some("http" | "https")) && u.authority().is_some());
+            if ok {
+                endpoints.push(e.get_ref().clone());
+            } else {
+                c.at(
+                    span(e),
+                    format!("fleet.endpoints[{i}]"),
+                    format!(
+                        "{:?} is not an etcd endpoint such as \"http://127.0.0.1:2379\"",
+                        e.get_ref()
+                    ),
+                );
+            }
+        }
+        if f.endpoints.get_ref().is_empty() {
+            c.at(
+                span(&f.endpoints),
+                "fleet.endpoints",
+                "at least one etcd endpoint is required",
+            );
+        }
+        let key = f
+            .key
+            .as_ref()
+            .map_or_else(|| "/gatekeeper/maintenance".to_string(), |k| k.get_ref().clone());
+        if key.is_empty() {
+            c.at(f.key.as_ref().and_then(span), "fleet.key", "must not be empty");
+        }
+        let on_error = match f.on_error.as_ref().map(|v| v.get_ref().as_str()) {
+            None | Some("keep") => OnError::Keep,
+            Some("on") => OnError::On,
+            Some("off") => OnError::Off,
+            Some(other) => {
+                c.at(
+                    f.on_error.as_ref().and_then(span),
+                    "fleet.on_error",
+                    format!("{other:?} is not \"keep\", \"on\" or \"off\""),
+                );
+                OnError::Keep
+            }
+        };
+        let tls_path = |v: &Option<S<String>>| v.as_ref().map(|p| resolve_path(base, p.get_ref()));
+        let (ca, cert, client_key) = match &f.tls {
+            None => (None, None, None),
+            Some(t) => {
+                if t.cert.is_some() != t.key.is_some() {
+                    c.at(
+                        t.cert.as_ref().or(t.key.as_ref()).and_then(span),
+                        "fleet.tls",
+                        "cert and key go together",
+                    );
+                }
+                (tls_path(&t.ca), tls_path(&t.cert), tls_path(&t.key))
+            }
+        };
+        if f.username.is_some() != f.password.is_some() {
+            c.at(
+                span(&f.endpoints),
+                "fleet.username",
+                "username and password go together",
+            );
+        }
+        Fleet {
+            endpoints,
+            key,
+            on_error,
+            username: f.username.clone(),
+            password: f.password.clone(),
+            ca,
+            cert,
+            client_key,
+        }
+    });
+
+    let bp = &raw.bypass;
+    let mut bypass_path = bp
+        .path
+        .as_ref()
+        .map_or_else(|| "/.gatekeeper/bypass/".to_string(), |p| p.get_ref().clone());
+    if !bypass_path.starts_with('/') || bypass_path.len() < 2 || bypass_path.contains(['?', '#', '%', '\\']) {
+        c.at(
+            bp.path.as_ref().and_then(span),
+            "bypass.path",
+            format!("{bypass_path:?} must be a plain path such as \"/.gatekeeper/bypass/\""),
+        );
+    }
+    if !bypass_path.ends_with('/') {
+        bypass_path.push('/');
+    }
+    let cookie_name = bp
+        .cookie_name
+        .as_ref()
+        .map_or_else(|| "gatekeeper_bypass".to_string(), |n| n.get_ref().clone());
+    // RFC 6265 cookie-name is an HTTP token.
+    let token_char = |ch: char| ch.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(ch);
+    if cookie_name.is_empty() || !cookie_name.chars().all(token_char) {
+        c.at(
+            bp.cookie_name.as_ref().and_then(span),
+            "bypass.cookie_name",
+            format!("{cookie_name:?} is not a valid cookie name"),
+        );
+    }
+    let cookie_ttl = duration(c, &bp.cookie_ttl, "bypass.cookie_ttl", Duration::from_secs(12 * 3600));
+    let header = match &bp.header {
+        None => http::HeaderName::from_static("x-gatekeeper-bypass"),
+        Some(h) => http::HeaderName::from_bytes(h.get_ref().as_bytes()).unwrap_or_else(|_| {
+            c.at(
+                span(h),
+                "bypass.header",
+                format!("{:?} is not a valid HTTP header name", h.get_ref()),
+            );
+            http::HeaderName::from_static("x-gatekeeper-bypass")
+        }),
+    };
+    let bypass = Bypass {
+        path: bypass_path,
+        cookie_name,
+        cookie_ttl,
+        header,
+    };
+
     let l = &raw.log;
     let level = l
         .level
@@ -511,6 +674,8 @@ fn build(raw: RawConfig, base: &Path, file: &Path, c: &mut Collector) -> Config 
         log,
         admin,
         tls,
+        fleet,
+        bypass,
     }
 }
 

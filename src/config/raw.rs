@@ -22,6 +22,37 @@ pub struct RawConfig {
     pub log: RawLog,
     pub admin: Option<RawAdmin>,
     pub tls: Option<RawTls>,
+    pub fleet: Option<RawFleet>,
+    #[serde(default)]
+    pub bypass: RawBypass,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawBypass {
+    pub path: Option<S<String>>,
+    pub cookie_name: Option<S<String>>,
+    pub cookie_ttl: Option<S<toml::Value>>,
+    pub header: Option<S<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFleet {
+    pub endpoints: S<Vec<S<String>>>,
+    pub key: Option<S<String>>,
+    pub on_error: Option<S<String>>,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub tls: Option<RawFleetTls>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFleetTls {
+    pub ca: Option<S<String>>,
+    pub cert: Option<S<String>>,
+    pub key: Option<S<String>>,
 }
 
 #[derive(Deserialize, Default)]
