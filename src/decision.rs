@@ -11,6 +11,8 @@ pub struct Facts {
     pub client_allowed: bool,
     /// The path falls under one of `maintenance.bypass_paths`.
     pub bypass_path: bool,
+    /// A valid bypass cookie or header for the current secret.
+    pub credential: bool,
     /// A GET/HEAD whose path names one of the page's assets.
     pub asset: bool,
 }
@@ -37,12 +39,12 @@ impl Decision {
     }
 }
 
-/// Maintenance off: everything is proxied. On: bypass paths and allowed clients
-/// are proxied (they see the app, not our assets); others get an asset or the page.
+/// Maintenance off: everything is proxied. On: bypass paths, allowed clients
+/// and holders of the bypass secret are proxied (they see the app, not our assets); others get an asset or the page.
 pub fn decide(f: Facts) -> Decision {
     if !f.maintenance {
         Decision::Proxy { bypass: false }
-    } else if f.bypass_path || f.client_allowed {
+    } else if f.bypass_path || f.client_allowed || f.credential {
         Decision::Proxy { bypass: true }
     } else if f.asset {
         Decision::Asset
@@ -82,18 +84,23 @@ mod tests {
 
     #[test]
     fn every_combination() {
-        for bits in 0u8..16 {
+        for bits in 0u8..32 {
             let f = Facts {
                 maintenance: bits & 1 != 0,
                 client_allowed: bits & 2 != 0,
                 bypass_path: bits & 4 != 0,
                 asset: bits & 8 != 0,
+                credential: bits & 16 != 0,
             };
-            let expected = match (f.maintenance, f.client_allowed, f.bypass_path, f.asset) {
-                (false, _, _, _) => Decision::Proxy { bypass: false },
-                (true, true, _, _) | (true, _, true, _) => Decision::Proxy { bypass: true },
-                (true, false, false, true) => Decision::Asset,
-                (true, false, false, false) => Decision::Page,
+            let expected = match (
+                f.maintenance,
+                f.client_allowed || f.bypass_path || f.credential,
+                f.asset,
+            ) {
+                (false, _, _) => Decision::Proxy { bypass: false },
+                (true, true, _) => Decision::Proxy { bypass: true },
+                (true, false, true) => Decision::Asset,
+                (true, false, false) => Decision::Page,
             };
             assert_eq!(decide(f), expected, "{f:?}");
         }

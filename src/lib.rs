@@ -11,6 +11,8 @@ pub mod admin;
 pub mod allowlist;
 /// Request and response buffering against slow clients.
 pub mod buffer;
+/// Secret bypass link, signed cookie, bypass header.
+pub mod bypass;
 /// Command-line definition.
 pub mod cli;
 /// Real client address from the peer and trusted forwarding headers.

@@ -17,6 +17,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::bypass;
 use crate::client_ip;
 use crate::decision::{decide, under_bypass_path, Decision, Facts};
 use crate::page;
@@ -143,6 +144,26 @@ pub async fn handle(req: Request<Incoming>, peer: SocketAddr, state: &State, htt
     let resolved = client_ip::resolve(peer_ip, req.headers(), &rt.trusted, &cfg.clients.header);
     let allowed = resolved.client.is_some_and(|ip| rt.allow.contains(ip));
     let path = req.uri().path();
+    let bp = &cfg.bypass;
+    // The bypass link: a right token gets the cookie; a wrong one the ordinary answer.
+    if let (true, Some(secret)) = (m.present, &m.secret) {
+        if let Some(token) = path.strip_prefix(bp.path.as_str()) {
+            if bypass::token_matches(secret, token) {
+                return bypass_link(&req, secret, bp, https, state, peer, start);
+            }
+        }
+    }
+    let credential = m.active
+        && m.secret.as_deref().is_some_and(|secret| {
+            let header_ok = req
+                .headers()
+                .get(&bp.header)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|t| bypass::token_matches(secret, t));
+            header_ok
+                || bypass::cookie(req.headers(), &bp.cookie_name)
+                    .is_some_and(|c| bypass::verify(secret, c, jiff::Timestamp::now().as_second()))
+        });
     let get_or_head = matches!(*req.method(), Method::GET | Method::HEAD);
     let asset = if m.active && get_or_head {
         rt.pages.asset(path)
@@ -153,6 +174,7 @@ pub async fn handle(req: Request<Incoming>, peer: SocketAddr, state: &State, htt
         maintenance: m.active,
         client_allowed: allowed,
         bypass_path: m.active && under_bypass_path(path, &cfg.maintenance.bypass_paths),
+        credential,
         asset: asset.is_some(),
     });
 
@@ -182,6 +204,10 @@ pub async fn handle(req: Request<Incoming>, peer: SocketAddr, state: &State, htt
         }
         (Decision::Asset, Some(a)) => (boxed(page::asset_response(a, &method)), None),
         (Decision::Proxy { bypass }, _) => {
+            let mut req = req;
+            // SECURITY: bypass credentials are gatekeeper's business, never the app's.
+            req.headers_mut().remove(&bp.header);
+            bypass::strip_cookie(req.headers_mut(), &bp.cookie_name);
             let origin = Origin {
                 peer: peer_ip,
                 peer_trusted: rt.trusted.contains(peer_ip),
@@ -262,4 +288,38 @@ fn redirect_to_https(req: &Request<Incoming>, tls: &crate::config::Tls) -> Optio
     let mut r = boxed(page::error_response(http::StatusCode::PERMANENT_REDIRECT));
     r.headers_mut().insert(http::header::LOCATION, location);
     Some(r)
+}
+
+/// 303 to `next` (same-site only) or "/", with a fresh signed bypass cookie.
+fn bypass_link(
+    req: &Request<Incoming>,
+    secret: &str,
+    bp: &crate::config::Bypass,
+    https: bool,
+    state: &State,
+    peer: SocketAddr,
+    start: Instant,
+) -> Response<Body> {
+    let ttl = bp.cookie_ttl.as_secs().max(1);
+    let expires = jiff::Timestamp::now()
+        .as_second()
+        .saturating_add(i64::try_from(ttl).unwrap_or(i64::MAX));
+    let value = bypass::sign(secret, expires);
+    let target = bypass::redirect_target(req.uri().query());
+    let mut r = boxed(page::error_response(http::StatusCode::SEE_OTHER));
+    if let Ok(loc) = http::HeaderValue::from_str(&target) {
+        r.headers_mut().insert(http::header::LOCATION, loc);
+    }
+    if let Some(c) = bypass::set_cookie(&bp.cookie_name, &value, ttl, https) {
+        r.headers_mut().insert(http::header::SET_COOKIE, c);
+    }
+    state.metrics.request(
+        Decision::Proxy { bypass: true },
+        303,
+        None,
+        start.elapsed().as_secs_f64(),
+    );
+    // The token is a credential: never log the path that carries it.
+    tracing::info!(target: "access", peer = %peer, method = %req.method(), path = %bp.path, status = 303, decision = "bypass-link");
+    r
 }
