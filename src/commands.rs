@@ -146,7 +146,8 @@ pub fn status(path: &Path, show_secret: bool) -> anyhow::Result<String> {
         out.push_str(&match block_on(fleet::get(f)) {
             Ok(Ok((Some(_), rev))) => format!("\nfleet: on ({}, revision {rev})", f.key),
             Ok(Ok((None, rev))) => format!("\nfleet: off ({}, revision {rev})", f.key),
-            Ok(Err(e)) => format!("\nfleet: unreachable ({e})"),
+            Ok(Err(e @ fleet::FleetError::Unreachable { .. })) => format!("\nfleet: unreachable ({})", e.reason()),
+            Ok(Err(e)) => format!("\nfleet: error ({e})"),
             Err(e) => format!("\nfleet: unreachable ({e})"),
         });
     }

@@ -18,6 +18,11 @@ use crate::{admin, fleet, logging, server, tls, toggle, watch};
 
 /// Runs until a stop signal; returns when every connection is drained (or the grace period ends).
 pub async fn run(config_path: &Path, config: Config) -> anyhow::Result<()> {
+    // First of all: a SIGHUP (or SIGTERM) that arrives early must not kill the
+    // process with the default disposition — systemd may reload right after READY.
+    let mut hup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
+    let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
     raise_fd_limit();
     let rt = Runtime::build(config, None)?;
     let cfg = rt.config.clone();
@@ -73,10 +78,6 @@ pub async fn run(config_path: &Path, config: Config) -> anyhow::Result<()> {
             shutdown.clone(),
         );
     }
-    let reloads = Arc::new(tokio::sync::Notify::new());
-    let r = reloads.clone();
-    watch::spawn_config_watch(state.clone(), shutdown.clone(), move || r.notify_one())
-        .context("cannot watch the config files")?;
 
     let limit = Arc::new(Semaphore::new(cfg.server.max_connections));
     for l in listeners {
@@ -96,6 +97,9 @@ pub async fn run(config_path: &Path, config: Config) -> anyhow::Result<()> {
         for l in listeners {
             let addr = l.local_addr().context("listener has no address")?;
             tracing::info!("listening on {addr} (https)");
+            if state.https_port().is_none() {
+                state.set_https_port(addr.port());
+            }
             let a = Some(acceptor.clone());
             tokio::spawn(server::accept_loop(
                 l,
@@ -107,6 +111,20 @@ pub async fn run(config_path: &Path, config: Config) -> anyhow::Result<()> {
             ));
         }
         cert_store = Some(store);
+    }
+    {
+        let (st, path, certs, w) = (
+            state.clone(),
+            config_path.to_path_buf(),
+            cert_store.clone(),
+            wake.clone(),
+        );
+        watch::spawn_config_watch(state.clone(), shutdown.clone(), move || {
+            tracing::info!("config, allowlist or certificate file changed: reloading");
+            reload(&path, &st, certs.as_deref());
+            w.notify_one();
+        })
+        .context("cannot watch the config files")?;
     }
     if let Some(l) = admin_listener {
         let addr = l.local_addr().context("admin listener has no address")?;
@@ -123,18 +141,10 @@ pub async fn run(config_path: &Path, config: Config) -> anyhow::Result<()> {
     }
     notify(&[NotifyState::Ready]);
 
-    let mut hup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
-    let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
-    let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
     loop {
         tokio::select! {
             _ = hup.recv() => {
                 tracing::info!("SIGHUP: reloading");
-                reload(config_path, &state, cert_store.as_deref());
-                wake.notify_one();
-            }
-            _ = reloads.notified() => {
-                tracing::info!("config, allowlist or certificate file changed: reloading");
                 reload(config_path, &state, cert_store.as_deref());
                 wake.notify_one();
             }
@@ -163,29 +173,30 @@ pub fn reload(path: &Path, state: &State, certs: Option<&tls::CertStore>) {
     notify(&states);
     let cur = state.snapshot();
     let started = std::time::Instant::now();
-    if let Some(store) = certs {
-        // On error the store keeps serving the old pair and has logged why.
-        let _ = store.reload();
-    }
+    // On error the store keeps serving the old pair and has logged why.
+    let certs_ok = certs.is_none_or(|store| store.reload().is_ok());
     match Config::load(path).and_then(|c| Runtime::build(c, Some(&cur.rt))) {
         Ok(new) => {
-            if new.config.listen != cur.rt.config.listen
-                || new.config.admin.as_ref().map(|a| a.listen) != cur.rt.config.admin.as_ref().map(|a| a.listen)
-                || new.config.tls.as_ref().map(|t| (&t.listen, &t.certs))
-                    != cur.rt.config.tls.as_ref().map(|t| (&t.listen, &t.certs))
-            {
+            let needs_restart = restart_only_changes(&cur.rt.config, &new.config);
+            if !needs_restart.is_empty() {
                 tracing::warn!(
-                    "listen addresses or TLS certificate paths changed; they take effect only after a restart"
+                    changed = needs_restart.join(", "),
+                    "these settings take effect only after a restart; the rest is applied"
                 );
             }
             logging::set_level(&new.config.log.level);
             let entries = new.allow.len();
             state.set_runtime(new);
-            state.metrics.reloads_ok.inc();
+            if certs_ok {
+                state.metrics.reloads_ok.inc();
+            } else {
+                state.metrics.reloads_failed.inc();
+            }
             tracing::info!(
                 config = %path.display(),
                 allowlist_entries = entries,
                 ms = format_args!("{:.1}", started.elapsed().as_secs_f64() * 1000.0),
+                certificates = if certs_ok { "ok" } else { "refused, old ones kept" },
                 "config reloaded"
             );
         }
@@ -197,6 +208,30 @@ pub fn reload(path: &Path, state: &State, certs: Option<&tls::CertStore>) {
         }
     }
     notify(&[NotifyState::Ready]);
+}
+
+/// Settings a running daemon cannot change: they are bound at start.
+fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
+    let mut out = Vec::new();
+    if old.listen != new.listen {
+        out.push("listen");
+    }
+    if old.admin.as_ref().map(|a| a.listen) != new.admin.as_ref().map(|a| a.listen) {
+        out.push("admin.listen");
+    }
+    if old.tls.as_ref().map(|t| (&t.listen, &t.certs)) != new.tls.as_ref().map(|t| (&t.listen, &t.certs)) {
+        out.push("tls (listeners, certificate paths)");
+    }
+    if old.fleet != new.fleet {
+        out.push("fleet");
+    }
+    if old.log.format != new.log.format {
+        out.push("log.format");
+    }
+    if old.server.max_connections != new.server.max_connections {
+        out.push("server.max_connections");
+    }
+    out
 }
 
 fn notify(states: &[NotifyState]) {

@@ -42,8 +42,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
 /// HTTP/2 keep-alive on the watch connection: a ping after this much silence…
 /// (etcd's default `--grpc-keepalive-min-time` is 5 s; pinging more often than
-/// that makes it close the connection with "too_many_pings".)
-const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
+/// that makes it close the connection with "too_many_pings" every few pings.)
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(6);
 /// …and the connection counts as dead when the ping is not answered in time.
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Reconnect backoff: from this, doubling…
@@ -67,7 +67,8 @@ pub enum FleetError {
 }
 
 impl FleetError {
-    fn reason(&self) -> &str {
+    /// Why, without the "etcd unreachable at <endpoints>" framing.
+    pub fn reason(&self) -> &str {
         match self {
             FleetError::Unreachable { reason, .. }
             | FleetError::Refused { reason, .. }
@@ -86,7 +87,7 @@ pub fn persist_path(toggle: &Path) -> PathBuf {
 /// The last known fleet state from `<toggle>.fleet`, marked disconnected, with `on_error` applied.
 pub fn restore(cfg: &Fleet, toggle: &Path) -> Option<FleetView> {
     let path = persist_path(toggle);
-    let known = load_known(cfg, &path);
+    let known = load_known(cfg, &path, true);
     if let Some(k) = &known {
         tracing::info!(
             source = "fleet",
@@ -124,7 +125,8 @@ pub fn restore(cfg: &Fleet, toggle: &Path) -> Option<FleetView> {
 /// Starts watching the key; every change goes to `state.set_fleet` followed by `wake.notify_one()`.
 pub fn spawn(cfg: Fleet, toggle: PathBuf, state: Arc<State>, wake: Wake, shutdown: CancellationToken) {
     let persist = persist_path(&toggle);
-    let known = load_known(&cfg, &persist).unwrap_or_default();
+    // `restore` has already said what is wrong with the file, if anything.
+    let known = load_known(&cfg, &persist, false).unwrap_or_default();
     let published = state.snapshot().maint.fleet.clone();
     let runner = Runner {
         cfg,
@@ -185,33 +187,46 @@ pub async fn get(cfg: &Fleet) -> Result<(Option<String>, i64), FleetError> {
 // Talking to etcd
 // ---------------------------------------------------------------------------
 
-/// Probe, connect, run `f`; the whole of it within `CLI_TIMEOUT`.
+/// Connect and run `f`, the whole of it within `CLI_TIMEOUT`.
 async fn call<T, F, Fut>(cfg: &Fleet, f: F) -> Result<T, FleetError>
 where
     F: FnOnce(Client) -> Fut,
     Fut: Future<Output = Result<T, etcd_client::Error>>,
 {
+    let deadline = tokio::time::Instant::now() + CLI_TIMEOUT;
     let work = async {
         let client = connect(cfg, false).await?;
         f(client).await.map_err(|e| classify(cfg, &e))
     };
-    match tokio::time::timeout(CLI_TIMEOUT, work).await {
-        Ok(r) => r,
+    match tokio::time::timeout_at(deadline, work).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(explain(cfg, e, deadline).await),
         Err(_) => Err(unreachable(cfg, format!("no answer within {}", fmt_dur(CLI_TIMEOUT)))),
     }
 }
 
-/// A client for `cfg`, once some endpoint accepts a TCP connection.
-///
-/// The client's channel connects lazily and, when no endpoint is up, would
-/// leave a request pending until its deadline; the plain TCP probe first turns
-/// "nothing listens there" into an immediate, precise error instead.
+/// A client for `cfg`. Its channel connects lazily: the first request does.
 async fn connect(cfg: &Fleet, watch: bool) -> Result<Client, FleetError> {
     let opts = options(cfg, watch)?;
-    probe(&cfg.endpoints).await.map_err(|r| unreachable(cfg, r))?;
     Client::connect(&cfg.endpoints, Some(opts))
         .await
         .map_err(|e| classify(cfg, &e))
+}
+
+/// gRPC says little about a failed connection ("tcp connect error"): ask the
+/// endpoints directly (a plain TCP connect, before `deadline` and within
+/// 500 ms) so that the error says "connection refused", "timed out", or
+/// which name does not resolve. Only on the failure path: a probe of a live
+/// TLS endpoint would make etcd log a rejected handshake.
+async fn explain(cfg: &Fleet, e: FleetError, deadline: tokio::time::Instant) -> FleetError {
+    let FleetError::Unreachable { endpoints, reason } = e else {
+        return e;
+    };
+    let bound = deadline.min(tokio::time::Instant::now() + Duration::from_millis(500));
+    match tokio::time::timeout_at(bound, probe(&cfg.endpoints)).await {
+        Ok(Err(why)) => FleetError::Unreachable { endpoints, reason: why },
+        _ => FleetError::Unreachable { endpoints, reason },
+    }
 }
 
 fn options(cfg: &Fleet, watch: bool) -> Result<ConnectOptions, FleetError> {
@@ -351,30 +366,36 @@ struct Persisted {
     last_change_ms: Option<u64>,
 }
 
-fn load_known(cfg: &Fleet, path: &Path) -> Option<Known> {
+fn load_known(cfg: &Fleet, path: &Path, log: bool) -> Option<Known> {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
         Err(e) => {
-            tracing::warn!(source = "fleet", file = %path.display(), error = %e, "cannot read the last known fleet state");
+            if log {
+                tracing::warn!(source = "fleet", file = %path.display(), error = %e, "cannot read the last known fleet state");
+            }
             return None;
         }
     };
     let p: Persisted = match serde_json::from_str(&text) {
         Ok(p) => p,
         Err(e) => {
-            tracing::warn!(source = "fleet", file = %path.display(), error = %e, "ignoring a malformed last known fleet state");
+            if log {
+                tracing::warn!(source = "fleet", file = %path.display(), error = %e, "ignoring a malformed last known fleet state");
+            }
             return None;
         }
     };
     if p.key != cfg.key {
-        tracing::info!(
-            source = "fleet",
-            file = %path.display(),
-            "ignoring the last known fleet state: it is for key {:?}, the config says {:?}",
-            p.key,
-            cfg.key
-        );
+        if log {
+            tracing::info!(
+                source = "fleet",
+                file = %path.display(),
+                "ignoring the last known fleet state: it is for key {:?}, the config says {:?}",
+                p.key,
+                cfg.key
+            );
+        }
         return None;
     }
     Some(Known {
@@ -462,8 +483,9 @@ struct Runner {
 
 /// Why a session ended.
 enum End {
-    /// The watch's start revision was compacted: read again right away.
-    Compacted(i64),
+    /// The watch's start revision was compacted (or a running watch fell behind
+    /// compaction, when the flag says it had been established): read again right away.
+    Compacted(i64, bool),
     /// Connection or request failed; with how long the watch had been running.
     Failed(String, Option<Duration>),
 }
@@ -480,9 +502,10 @@ impl Runner {
                 end = self.session() => end,
             };
             let (reason, watched) = match end {
-                // A re-read fixes a compacted start revision; a second one in a row waits like a failure.
-                End::Compacted(rev) if compactions == 0 => {
-                    compactions += 1;
+                // A re-read fixes a compacted start revision; a second failed start in a
+                // row waits like a failure.
+                End::Compacted(rev, established) if established || compactions == 0 => {
+                    compactions = if established { 0 } else { compactions + 1 };
                     tracing::info!(
                         source = "fleet",
                         compact_revision = rev,
@@ -490,7 +513,7 @@ impl Runner {
                     );
                     continue;
                 }
-                End::Compacted(rev) => (format!("watch start revision compacted (at {rev})"), None),
+                End::Compacted(rev, _) => (format!("watch start revision compacted (at {rev})"), None),
                 End::Failed(reason, watched) => (reason, watched),
             };
             compactions = 0;
@@ -519,9 +542,10 @@ impl Runner {
                 .map_err(|e| classify(&self.cfg, &e))?;
             Ok::<_, FleetError>((client, r))
         };
-        let (mut client, resp) = match tokio::time::timeout(REQUEST_TIMEOUT, read).await {
+        let deadline = tokio::time::Instant::now() + REQUEST_TIMEOUT;
+        let (mut client, resp) = match tokio::time::timeout_at(deadline, read).await {
             Ok(Ok(x)) => x,
-            Ok(Err(e)) => return fail(e),
+            Ok(Err(e)) => return fail(explain(&self.cfg, e, deadline + Duration::from_millis(500)).await),
             Err(_) => {
                 return fail(unreachable(
                     &self.cfg,
@@ -555,7 +579,7 @@ impl Runner {
         };
         let mut stream = match tokio::time::timeout(REQUEST_TIMEOUT, watch).await {
             Ok(Ok(Ok(s))) => s,
-            Ok(Ok(Err(compacted))) => return End::Compacted(compacted),
+            Ok(Ok(Err(compacted))) => return End::Compacted(compacted, false),
             Ok(Err(e)) => return fail(e),
             Err(_) => return fail(unreachable(&self.cfg, "watch not established in time".into())),
         };
@@ -569,7 +593,7 @@ impl Runner {
             match msg {
                 Ok(Some(r)) => {
                     if r.compact_revision() > 0 {
-                        return End::Compacted(r.compact_revision());
+                        return End::Compacted(r.compact_revision(), true);
                     }
                     if r.canceled() {
                         return End::Failed(format!("watch canceled by etcd: {}", r.cancel_reason()), watched);
@@ -583,15 +607,18 @@ impl Runner {
                         self.learn(value, kv.mod_revision(), "watch", false);
                     }
                 }
-                Ok(None) => return End::Failed("watch stream closed".into(), watched),
-                Err(e) => return End::Failed(classify(&self.cfg, &e).reason().to_string(), watched),
+                Ok(None) => return End::Failed("watch stream closed by etcd".into(), watched),
+                Err(e) => {
+                    let reason = classify(&self.cfg, &e).reason().to_string();
+                    return End::Failed(format!("watch connection broken: {reason}"), watched);
+                }
             }
         }
     }
 
     /// The session is up: log it (the first time, or once after an outage) and publish.
     fn connected_at(&mut self, rev: i64) {
-        if self.ever_connected {
+        if self.ever_connected && !self.connected {
             self.reconnects += 1;
         }
         if !self.ever_connected {
@@ -815,7 +842,7 @@ mod tests {
         let path = persist_path(&toggle);
         let c = cfg(OnError::Keep);
         save_known(&c.key, &known_on(), &path).unwrap();
-        assert_eq!(load_known(&c, &path), Some(known_on()));
+        assert_eq!(load_known(&c, &path, true), Some(known_on()));
         // No temp file left behind.
         let names: Vec<_> = std::fs::read_dir(dir.path())
             .unwrap()
@@ -832,7 +859,7 @@ mod tests {
         // Another key's state is not ours.
         let mut other = c.clone();
         other.key = "/other".into();
-        assert_eq!(load_known(&other, &path), None);
+        assert_eq!(load_known(&other, &path, true), None);
         assert!(restore(&other, &toggle).is_none());
     }
 

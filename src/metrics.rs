@@ -51,6 +51,10 @@ pub struct Metrics {
     pub allowlist_entries: Gauge,
     pub open_connections: Gauge,
     pub toggle_flips: Counter,
+    pub fleet_connected: Gauge,
+    pub fleet_revision: Gauge,
+    pub fleet_last_change: Gauge<f64, AtomicU64>,
+    pub fleet_reconnects: Gauge,
 }
 
 impl Default for Metrics {
@@ -118,6 +122,10 @@ impl Metrics {
             allowlist_entries: Gauge::default(),
             open_connections: Gauge::default(),
             toggle_flips: Counter::default(),
+            fleet_connected: Gauge::default(),
+            fleet_revision: Gauge::default(),
+            fleet_last_change: Gauge::default(),
+            fleet_reconnects: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register("maintenance", "1 while maintenance is on", m.maintenance.clone());
@@ -140,6 +148,26 @@ impl Metrics {
             "open_connections",
             "Client connections open now",
             m.open_connections.clone(),
+        );
+        registry.register(
+            "fleet_connected",
+            "1 while the etcd watch is connected",
+            m.fleet_connected.clone(),
+        );
+        registry.register(
+            "fleet_revision",
+            "etcd revision of the last fleet change seen",
+            m.fleet_revision.clone(),
+        );
+        registry.register(
+            "fleet_last_change_timestamp_seconds",
+            "Unix time of the last fleet key change seen",
+            m.fleet_last_change.clone(),
+        );
+        registry.register(
+            "fleet_reconnects",
+            "Reconnections to etcd since start",
+            m.fleet_reconnects.clone(),
         );
         Metrics { registry, ..m }
     }

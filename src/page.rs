@@ -574,7 +574,7 @@ pub fn prefers_json(accept: Option<&HeaderValue>) -> bool {
             } else {
                 continue;
             };
-            if best.map_or(true, |(_, s)| specificity > s) {
+            if best.is_none_or(|(_, s)| specificity > s) {
                 *best = Some((q, specificity));
             }
         }

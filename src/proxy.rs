@@ -11,7 +11,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{self, HeaderValue};
+use http::header::{self, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri};
 use http_body::Body as _;
 use http_body_util::combinators::BoxBody;
@@ -27,6 +27,16 @@ use crate::client_ip::{format_chain, Resolved};
 use crate::config::{Config, Upstream, UpstreamTarget};
 use crate::hop;
 use crate::page;
+
+// Parsed once: header names given as strings are parsed again on every use.
+static X_MAINTENANCE_MODE: HeaderName = HeaderName::from_static("x-maintenance-mode");
+static X_ACCEL_BUFFERING: HeaderName = HeaderName::from_static("x-accel-buffering");
+static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+// `http` knows Forwarded as a standard header.
+static FORWARDED: HeaderName = header::FORWARDED;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// The body type of every response gatekeeper sends and every request it forwards.
@@ -69,7 +79,7 @@ impl tower_service::Service<Uri> for UnixConnector {
 pub enum UpstreamClient {
     Tcp {
         client: Client<HttpConnector, Body>,
-        base: Arc<str>,
+        authority: http::uri::Authority,
     },
     Unix {
         client: Client<UnixConnector, Body>,
@@ -92,7 +102,7 @@ impl UpstreamClient {
                 conn.set_connect_timeout(Some(cfg.connect_timeout));
                 UpstreamClient::Tcp {
                     client: builder.build(conn),
-                    base: Arc::from(format!("http://{authority}")),
+                    authority: authority.clone(),
                 }
             }
             UpstreamTarget::Unix(path) => UpstreamClient::Unix {
@@ -104,12 +114,20 @@ impl UpstreamClient {
         }
     }
 
-    fn uri(&self, path_and_query: &str) -> Result<Uri, http::Error> {
-        let base = match self {
-            UpstreamClient::Tcp { base, .. } => base,
-            UpstreamClient::Unix { .. } => "http://localhost",
+    /// The upstream URI for a request target, built from parts (no re-parse of the target).
+    fn uri(&self, path_and_query: Option<&http::uri::PathAndQuery>) -> Result<Uri, http::Error> {
+        let authority = match self {
+            UpstreamClient::Tcp { authority, .. } => authority.clone(),
+            UpstreamClient::Unix { .. } => http::uri::Authority::from_static("localhost"),
         };
-        Ok(format!("{base}{path_and_query}").parse::<Uri>()?)
+        let pq = path_and_query
+            .cloned()
+            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+        Uri::builder()
+            .scheme("http")
+            .authority(authority)
+            .path_and_query(pq)
+            .build()
     }
 
     async fn send(&self, req: Request<Body>) -> Result<Response<Incoming>, hyper_util::client::legacy::Error> {
@@ -174,7 +192,7 @@ pub async fn forward(
     // We answer `Expect: 100-continue` ourselves (hyper does when the body is first read).
     parts.headers.remove(header::EXPECT);
     let body: Body = if body.is_end_stream() {
-        http_body_util::Empty::new().map_err(|never| match never {}).boxed()
+        empty()
     } else if b.requests && !upgrade {
         let dir = buffer::temp_dir(b.dir.as_deref());
         match buffer::read_request(body, b.memory, b.max_body, &dir, cfg.server.body_timeout).await {
@@ -190,8 +208,7 @@ pub async fn forward(
         http_body_util::Limited::new(body, usize::try_from(b.max_body).unwrap_or(usize::MAX)).boxed()
     };
 
-    let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    let uri = match upstream.uri(pq) {
+    let uri = match upstream.uri(parts.uri.path_and_query()) {
         Ok(u) => u,
         Err(_) => return (boxed(page::error_response(StatusCode::BAD_REQUEST)), Outcome::Ok),
     };
@@ -206,9 +223,32 @@ pub async fn forward(
     parts.uri = uri;
     // The client picks the upstream's protocol (HTTP/1.1, or h2 for h2c://).
     parts.version = http::Version::HTTP_11;
+    // A pooled connection the upstream is just closing loses the request written
+    // to it. Resending is safe only for idempotent requests without a body.
+    let retry = (is_idempotent(&parts.method) && body.is_end_stream())
+        .then(|| (parts.method.clone(), parts.uri.clone(), parts.headers.clone()));
     let out = Request::from_parts(parts, body);
+    let exchange = async {
+        let mut result = upstream.send(out).await;
+        // Several pooled connections may have gone stale at once: a few resends,
+        // all within the one deadline below.
+        for _ in 0..3 {
+            match (&result, &retry) {
+                (Err(e), Some((method, uri, headers))) if stale_connection(e) => {
+                    tracing::debug!(error = %error_chain(e), "stale upstream connection; resending");
+                    let mut again = Request::new(empty());
+                    *again.method_mut() = method.clone();
+                    *again.uri_mut() = uri.clone();
+                    *again.headers_mut() = headers.clone();
+                    result = upstream.send(again).await;
+                }
+                _ => break,
+            }
+        }
+        result
+    };
 
-    let mut resp = match tokio::time::timeout(cfg.upstream.timeout, upstream.send(out)).await {
+    let mut resp = match tokio::time::timeout(cfg.upstream.timeout, exchange).await {
         Err(_) => {
             return (
                 boxed(page::error_response(StatusCode::GATEWAY_TIMEOUT)),
@@ -257,12 +297,12 @@ pub async fn forward(
     }
     if bypass {
         resp.headers_mut()
-            .insert("x-maintenance-mode", HeaderValue::from_static("bypass"));
+            .insert(X_MAINTENANCE_MODE.clone(), HeaderValue::from_static("bypass"));
     }
     // nginx's convention: the app asks for this answer to be relayed unbuffered.
     let unbuffered = resp
         .headers_mut()
-        .remove("x-accel-buffering")
+        .remove(&X_ACCEL_BUFFERING)
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"no"));
     let status = resp.status();
     let no_body = head_only
@@ -279,6 +319,42 @@ pub async fn forward(
         resp.map(|body| buffer::spool_response(body, b.memory, dir))
     };
     (resp, Outcome::Ok)
+}
+
+fn is_idempotent(m: &http::Method) -> bool {
+    use http::Method as M;
+    matches!(*m, M::GET | M::HEAD | M::OPTIONS | M::TRACE | M::PUT | M::DELETE)
+}
+
+fn empty() -> Body {
+    http_body_util::Empty::new().map_err(|never| match never {}).boxed()
+}
+
+/// The upstream closed or reset the connection before any response head:
+/// the request was lost with the connection, not refused by the app.
+fn stale_connection(e: &hyper_util::client::legacy::Error) -> bool {
+    if e.is_connect() {
+        return false;
+    }
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(c) = cur {
+        if let Some(h) = c.downcast_ref::<hyper::Error>() {
+            if h.is_incomplete_message() || h.is_canceled() || h.is_closed() {
+                return true;
+            }
+        }
+        if let Some(io) = c.downcast_ref::<std::io::Error>() {
+            use std::io::ErrorKind as K;
+            if matches!(
+                io.kind(),
+                K::ConnectionReset | K::BrokenPipe | K::ConnectionAborted | K::UnexpectedEof
+            ) {
+                return true;
+            }
+        }
+        cur = c.source();
+    }
+    false
 }
 
 fn content_length(h: &http::HeaderMap) -> Option<u64> {
@@ -310,27 +386,27 @@ fn rewrite_request_headers(h: &mut http::HeaderMap, origin: &Origin<'_>, host: O
     }
     // SECURITY: address headers from the client are replaced, never extended:
     // the upstream sees only what gatekeeper verified.
-    h.remove("x-real-ip");
-    h.remove("forwarded");
-    h.remove("x-forwarded-for");
+    h.remove(&X_REAL_IP);
+    h.remove(&FORWARDED);
+    h.remove(&X_FORWARDED_FOR);
     if let Some(client) = origin.resolved.client {
         if let Ok(v) = HeaderValue::from_str(&client.to_string()) {
-            h.insert("x-real-ip", v);
+            h.insert(X_REAL_IP.clone(), v);
         }
     }
     if let Ok(v) = HeaderValue::from_str(&format_chain(&origin.resolved.chain)) {
-        h.insert("x-forwarded-for", v);
+        h.insert(X_FORWARDED_FOR.clone(), v);
     }
     // A trusted proxy in front (a TLS-terminating balancer) knows the original
     // scheme and host better than we do; anyone else's claim is replaced.
-    if !origin.peer_trusted || !h.contains_key("x-forwarded-proto") {
+    if !origin.peer_trusted || !h.contains_key(&X_FORWARDED_PROTO) {
         let proto = if origin.https { "https" } else { "http" };
-        h.insert("x-forwarded-proto", HeaderValue::from_static(proto));
+        h.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
     }
-    if !origin.peer_trusted || !h.contains_key("x-forwarded-host") {
-        h.remove("x-forwarded-host");
+    if !origin.peer_trusted || !h.contains_key(&X_FORWARDED_HOST) {
+        h.remove(&X_FORWARDED_HOST);
         if let Some(host) = &host {
-            h.insert("x-forwarded-host", host.clone());
+            h.insert(X_FORWARDED_HOST.clone(), host.clone());
         }
     }
     if let Some(host) = host {

@@ -24,19 +24,24 @@ use crate::page;
 use crate::proxy::{self, boxed, Body, Origin};
 use crate::state::State;
 
-/// Binds every configured address; a failure names the address.
+/// Binds every configured address; a failure names the address. IPv6 sockets
+/// are IPv6-only, so `0.0.0.0:80` and `[::]:80` can both be listed (as nginx does).
 pub async fn bind(addrs: &[SocketAddr]) -> Result<Vec<TcpListener>, (SocketAddr, std::io::Error)> {
+    use socket2::{Domain, Protocol, Socket, Type};
     let mut out = Vec::with_capacity(addrs.len());
     for &addr in addrs {
-        let sock = if addr.is_ipv4() {
-            tokio::net::TcpSocket::new_v4()
-        } else {
-            tokio::net::TcpSocket::new_v6()
-        }
-        .map_err(|e| (addr, e))?;
-        sock.set_reuseaddr(true).map_err(|e| (addr, e))?;
-        sock.bind(addr).map_err(|e| (addr, e))?;
-        out.push(sock.listen(4096).map_err(|e| (addr, e))?);
+        let one = || -> std::io::Result<TcpListener> {
+            let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+            if addr.is_ipv6() {
+                s.set_only_v6(true)?;
+            }
+            s.set_reuse_address(true)?;
+            s.set_nonblocking(true)?;
+            s.bind(&addr.into())?;
+            s.listen(4096)?;
+            TcpListener::from_std(s.into())
+        };
+        out.push(one().map_err(|e| (addr, e))?);
     }
     Ok(out)
 }
@@ -181,7 +186,7 @@ pub async fn handle(req: Request<Incoming>, peer: SocketAddr, state: &State, htt
     if !https {
         if let Some(tls) = cfg.tls.as_ref().filter(|t| t.redirect_http) {
             if !under_bypass_path(path, &cfg.maintenance.bypass_paths) {
-                if let Some(r) = redirect_to_https(&req, tls) {
+                if let Some(r) = redirect_to_https(&req, tls, state.https_port()) {
                     return r;
                 }
             }
@@ -261,14 +266,15 @@ fn scopeguard<F: FnOnce()>(f: F) -> impl Drop {
 }
 
 /// 308 to the same URL on https (the first TLS listener's port when it is not 443).
-fn redirect_to_https(req: &Request<Incoming>, tls: &crate::config::Tls) -> Option<Response<Body>> {
+fn redirect_to_https(req: &Request<Incoming>, tls: &crate::config::Tls, bound: Option<u16>) -> Option<Response<Body>> {
     let host = req
         .headers()
         .get(http::header::HOST)
         .and_then(|h| h.to_str().ok())
         .or_else(|| req.uri().authority().map(|a| a.as_str()))?;
     let authority: http::uri::Authority = host.parse().ok()?;
-    let port = tls.listen.first().map_or(443, |a| a.port());
+    // The port actually bound (the config may say 0), else the configured one.
+    let port = bound.or_else(|| tls.listen.first().map(|a| a.port())).unwrap_or(443);
     let target_host = if port == 443 {
         authority.host().to_string()
     } else {

@@ -258,6 +258,8 @@ pub struct State {
     pub metrics: Metrics,
     pub started: Instant,
     pub started_at: SystemTime,
+    /// The first TLS listener's bound port (0: none), for redirects to https.
+    https_port: std::sync::atomic::AtomicU16,
 }
 
 impl State {
@@ -275,7 +277,16 @@ impl State {
             metrics,
             started: Instant::now(),
             started_at: SystemTime::now(),
+            https_port: std::sync::atomic::AtomicU16::new(0),
         }
+    }
+
+    pub fn set_https_port(&self, port: u16) {
+        self.https_port.store(port, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn https_port(&self) -> Option<u16> {
+        Some(self.https_port.load(std::sync::atomic::Ordering::Relaxed)).filter(|p| *p != 0)
     }
 
     /// The current snapshot; hold it for the whole request.
@@ -297,6 +308,15 @@ impl State {
 
     /// Applies the fleet source's latest word; returns (was active, is active).
     pub fn set_fleet(&self, fleet: FleetView) -> (bool, bool) {
+        let m = &self.metrics;
+        m.fleet_connected.set(i64::from(fleet.connected));
+        m.fleet_revision.set(fleet.revision);
+        m.fleet_reconnects
+            .set(i64::try_from(fleet.reconnects).unwrap_or(i64::MAX));
+        if let Some(t) = fleet.last_change {
+            m.fleet_last_change
+                .set(t.duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64()));
+        }
         self.update(|cur| (cur.rt.clone(), cur.maint.observed.clone(), Some(fleet)))
     }
 

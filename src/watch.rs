@@ -4,10 +4,11 @@
 //! published into the shared state; the request path never looks at the disk.
 
 use std::collections::HashSet;
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
-use notify::{RecommendedWatcher, RecursiveMode, Watcher};
+use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -21,10 +22,25 @@ pub type Wake = Arc<Notify>;
 pub fn spawn(state: Arc<State>, shutdown: CancellationToken) -> Result<Wake, notify::Error> {
     let wake: Wake = Arc::new(Notify::new());
     let w = wake.clone();
+    let names: Names = Arc::new(Mutex::new(HashSet::new()));
+    let n = names.clone();
     let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| match res {
-        // Any event in a watched directory may concern the toggle (renames of
-        // `..data`, of the toggle, of its symlink target): just look again.
-        Ok(_) => w.notify_one(),
+        // Opening and reading a file (our own reads of the toggle included) changes nothing.
+        Ok(ev) if matches!(ev.kind, EventKind::Access(_)) => {}
+        // Only names on the toggle's path matter (the toggle, its symlink hops, a
+        // ConfigMap's `..data`); a busy directory must not keep the watcher busy.
+        Ok(ev) => {
+            let relevant = n.lock().is_ok_and(|names| {
+                ev.paths.is_empty()
+                    || ev.paths.iter().any(|p| {
+                        p.file_name()
+                            .is_some_and(|f| names.contains(f) || f.to_string_lossy().starts_with(".."))
+                    })
+            });
+            if relevant {
+                w.notify_one();
+            }
+        }
         Err(e) => tracing::warn!(error = %e, "file watch error; relying on the periodic re-check"),
     })?;
     let wake2 = wake.clone();
@@ -32,6 +48,7 @@ pub fn spawn(state: Arc<State>, shutdown: CancellationToken) -> Result<Wake, not
         let mut t = ToggleWatch {
             watcher,
             watched: HashSet::new(),
+            names,
             last: None,
         };
         let mut cause = "startup";
@@ -64,9 +81,13 @@ pub fn spawn(state: Arc<State>, shutdown: CancellationToken) -> Result<Wake, not
     Ok(wake)
 }
 
+/// File names whose events concern the toggle.
+type Names = Arc<Mutex<HashSet<OsString>>>;
+
 struct ToggleWatch {
     watcher: RecommendedWatcher,
     watched: HashSet<PathBuf>,
+    names: Names,
     last: Option<Observed>,
 }
 
@@ -100,7 +121,10 @@ impl ToggleWatch {
 
     /// Keeps inotify watches on every directory whose change can change what the toggle path shows.
     fn rewatch(&mut self, toggle: &Path) {
-        let want = dirs_to_watch(toggle);
+        let (want, names) = watch_set(toggle);
+        if let Ok(mut n) = self.names.lock() {
+            *n = names;
+        }
         for gone in self.watched.difference(&want).cloned().collect::<Vec<_>>() {
             let _ = self.watcher.unwatch(&gone);
             self.watched.remove(&gone);
@@ -127,9 +151,20 @@ fn onoff(b: bool) -> &'static str {
 }
 
 /// The toggle's directory, and — when the toggle or its directory is a symlink
-/// (Kubernetes ConfigMap `..data` style) — the directories the links lead through.
-pub fn dirs_to_watch(toggle: &Path) -> HashSet<PathBuf> {
+/// (Kubernetes ConfigMap `..data` style) — the directories the links lead through;
+/// with the file names in them whose events matter.
+pub fn watch_set(toggle: &Path) -> (HashSet<PathBuf>, HashSet<OsString>) {
+    let mut names = HashSet::new();
     let mut out = HashSet::new();
+    let mut name_of = |p: &Path| {
+        if let Some(n) = p.file_name() {
+            names.insert(n.to_owned());
+        }
+    };
+    name_of(toggle);
+    if let Some(p) = toggle.parent() {
+        name_of(p);
+    }
     let parent = match toggle.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
@@ -155,6 +190,7 @@ pub fn dirs_to_watch(toggle: &Path) -> HashSet<PathBuf> {
                 } else {
                     base.join(target)
                 };
+                name_of(&link);
                 if let Some(dir) = link.parent() {
                     if dir.is_dir() {
                         out.insert(dir.to_path_buf());
@@ -164,13 +200,13 @@ pub fn dirs_to_watch(toggle: &Path) -> HashSet<PathBuf> {
             Err(_) => break,
         }
     }
-    if let Some(dir) = std::fs::canonicalize(toggle)
-        .ok()
-        .and_then(|c| c.parent().map(Path::to_path_buf))
-    {
-        out.insert(dir);
+    if let Ok(canon) = std::fs::canonicalize(toggle) {
+        name_of(&canon);
+        if let Some(dir) = canon.parent() {
+            out.insert(dir.to_path_buf());
+        }
     }
-    out
+    (out, names)
 }
 
 /// Watches the config file and the allowlist file (their directories, since
@@ -189,6 +225,10 @@ pub fn spawn_config_watch(
     let n = names.clone();
     let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
         let Ok(ev) = res else { return };
+        // Our own reads of these files must not look like changes.
+        if matches!(ev.kind, EventKind::Access(_)) {
+            return;
+        }
         let Ok(names) = n.lock() else { return };
         // Only events about our files (or a ConfigMap's `..data` swap) count.
         let ours = ev.paths.iter().any(|p| {
@@ -203,6 +243,8 @@ pub fn spawn_config_watch(
         let mut watched = HashSet::new();
         let mut last = fingerprint(&config_files(&state));
         loop {
+            // Recomputed every round: a reload may name new files, and a refused
+            // config's files must be watched too, so that fixing them is noticed.
             let files = config_files(&state);
             if let Ok(mut n) = names.lock() {
                 *n = files
@@ -210,22 +252,20 @@ pub fn spawn_config_watch(
                     .filter_map(|f| f.file_name().map(ToOwned::to_owned))
                     .collect();
             }
-            let dirs: HashSet<PathBuf> = files
-                .iter()
-                .filter_map(|f| {
-                    f.parent().map(|p| {
-                        if p.as_os_str().is_empty() {
-                            PathBuf::from(".")
-                        } else {
-                            p.to_path_buf()
-                        }
-                    })
-                })
-                .collect();
+            let dirs: HashSet<PathBuf> = files.iter().map(|f| parent_dir(f)).collect();
             for d in dirs.difference(&watched).cloned().collect::<Vec<_>>() {
                 if watcher.watch(&d, RecursiveMode::NonRecursive).is_ok() {
                     watched.insert(d);
                 }
+            }
+            // Compared before waiting: a file that joined the set just now may
+            // have changed while its events were not yet ours. The fingerprint is
+            // taken before reloading, so a write during the reload still looks new.
+            let now = fingerprint(&files);
+            if now != last {
+                last = now;
+                changed();
+                continue;
             }
             tokio::select! {
                 _ = kick.notified() => {}
@@ -239,28 +279,39 @@ pub fn spawn_config_watch(
                     _ = shutdown.cancelled() => return,
                 }
             }
-            let now = fingerprint(&config_files(&state));
-            if now != last {
-                last = now;
-                changed();
-            }
         }
     });
     Ok(())
 }
 
-/// The files whose change means a reload: the config and the allowlist file.
+fn parent_dir(f: &Path) -> PathBuf {
+    match f.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+/// The files whose change means a reload: the config, the allowlist file and
+/// the TLS files — of the running config and of the config file as it is now.
 fn config_files(state: &State) -> Vec<PathBuf> {
     let snap = state.snapshot();
-    let cfg = &snap.rt.config;
-    let mut files = vec![cfg.file.clone()];
-    files.extend(cfg.clients.allow_file.clone());
-    if let Some(tls) = &cfg.tls {
-        for c in &tls.certs {
-            files.push(c.cert.clone());
-            files.push(c.key.clone());
+    let running = &snap.rt.config;
+    let mut files = vec![running.file.clone()];
+    let mut add = |cfg: &crate::config::Config| {
+        files.extend(cfg.clients.allow_file.clone());
+        if let Some(tls) = &cfg.tls {
+            for c in &tls.certs {
+                files.push(c.cert.clone());
+                files.push(c.key.clone());
+            }
         }
+    };
+    add(running);
+    if let Ok(on_disk) = crate::config::Config::load(&running.file) {
+        add(&on_disk);
     }
+    files.sort();
+    files.dedup();
     files
 }
 

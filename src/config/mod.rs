@@ -528,6 +528,23 @@ fn build(raw: RawConfig, base: &Path, file: &Path, c: &mut Collector) -> Config 
                 "at least one etcd endpoint is required",
             );
         }
+        let https = endpoints.iter().filter(|e| e.starts_with("https://")).count();
+        if https > 0 && https < endpoints.len() {
+            c.at(
+                span(&f.endpoints),
+                "fleet.endpoints",
+                "mixes http:// and https:// endpoints; use one scheme",
+            );
+        }
+        // Without a system trust store (rustls + ring), https needs the CA given.
+        if https > 0 && f.tls.as_ref().is_none_or(|t| t.ca.is_none()) {
+            let msg = "https:// endpoints need [fleet.tls] ca = \"/path/to/etcd-ca.pem\"";
+            c.at(span(&f.endpoints), "fleet.tls.ca", msg);
+        }
+        if https == 0 && f.tls.is_some() {
+            let msg = "[fleet.tls] is set but the endpoints are http://; use https:// endpoints";
+            c.at(span(&f.endpoints), "fleet.tls", msg);
+        }
         let key = f
             .key
             .as_ref()
