@@ -47,7 +47,11 @@ pub fn on(path: &Path, args: OnArgs) -> anyhow::Result<String> {
         (None, Some(d)) => {
             let start = args.from.unwrap_or(now);
             let span = jiff::SignedDuration::try_from(d).context("--for is too long")?;
-            Some(start.checked_add(span).context("--for is too long")?)
+            let end = start.checked_add(span).context("--for is too long")?;
+            // Whole seconds: the window is for people to read.
+            Some(jiff::Timestamp::from_second(
+                end.as_second() + i64::from(end.subsec_nanosecond() > 0),
+            )?)
         }
         (None, None) => None,
     };

@@ -150,6 +150,16 @@ pub async fn handle(req: Request<Incoming>, peer: SocketAddr, state: &State, htt
     let allowed = resolved.client.is_some_and(|ip| rt.allow.contains(ip));
     let path = req.uri().path();
     let bp = &cfg.bypass;
+    // First, so that nothing — the bypass link's cookie least of all — is handed out over plain HTTP.
+    if !https {
+        if let Some(tls) = cfg.tls.as_ref().filter(|t| t.redirect_http) {
+            if !under_bypass_path(path, &cfg.maintenance.bypass_paths) {
+                if let Some(r) = redirect_to_https(&req, tls, state.https_port()) {
+                    return r;
+                }
+            }
+        }
+    }
     // The bypass link: a right token gets the cookie; a wrong one the ordinary answer.
     if let (true, Some(secret)) = (m.present, &m.secret) {
         if let Some(token) = path.strip_prefix(bp.path.as_str()) {
@@ -183,15 +193,6 @@ pub async fn handle(req: Request<Incoming>, peer: SocketAddr, state: &State, htt
         asset: asset.is_some(),
     });
 
-    if !https {
-        if let Some(tls) = cfg.tls.as_ref().filter(|t| t.redirect_http) {
-            if !under_bypass_path(path, &cfg.maintenance.bypass_paths) {
-                if let Some(r) = redirect_to_https(&req, tls, state.https_port()) {
-                    return r;
-                }
-            }
-        }
-    }
     let method = req.method().clone();
     let log_path = cfg.log.access.then(|| req.uri().path().to_string());
     let (resp, outcome) = match (decision, asset) {
