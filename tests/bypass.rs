@@ -180,7 +180,7 @@ async fn wait_until(
     timeout: Duration,
     mut f: impl FnMut() -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>>,
 ) {
-    assert!(eventually_async(timeout, || f()).await, "{what} within {timeout:?}");
+    assert!(eventually_async(timeout, f).await, "{what} within {timeout:?}");
 }
 
 /// One timed probe: when it was sent, when its answer was complete, what it was.
