@@ -178,7 +178,7 @@ fn assert_clean(e: &Echo, cookie: &str, header: &str, token: &str, what: &str) {
 async fn wait_until(
     what: &str,
     timeout: Duration,
-    mut f: impl FnMut() -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>>,
+    f: impl FnMut() -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>>,
 ) {
     assert!(eventually_async(timeout, f).await, "{what} within {timeout:?}");
 }
