@@ -26,17 +26,31 @@ pub async fn run(config_path: &Path, config: Config) -> anyhow::Result<()> {
     raise_fd_limit();
     let rt = Runtime::build(config, None)?;
     let cfg = rt.config.clone();
-    let listeners = match inherited_listeners()? {
+    let workers = match cfg.server.workers {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    let plain = match inherited_listeners()? {
         Some(l) => {
             tracing::info!(
                 count = l.len(),
                 "socket activation: using inherited sockets; `listen` is ignored"
             );
-            l
+            // Every worker accepts on the same inherited sockets.
+            let mut per_worker = Vec::with_capacity(workers);
+            for _ in 0..workers {
+                per_worker.push(
+                    l.iter()
+                        .map(|s| s.try_clone())
+                        .collect::<std::io::Result<Vec<_>>>()
+                        .context("inherited socket")?,
+                );
+            }
+            per_worker
         }
-        None => server::bind(&cfg.listen)
-            .await
-            .map_err(|(addr, e)| anyhow::anyhow!("cannot listen on {addr}: {e}"))?,
+        None => {
+            server::bind(&cfg.listen, workers).map_err(|(addr, e)| anyhow::anyhow!("cannot listen on {addr}: {e}"))?
+        }
     };
     let admin_listener = match &cfg.admin {
         Some(a) => Some(
@@ -51,8 +65,7 @@ pub async fn run(config_path: &Path, config: Config) -> anyhow::Result<()> {
         Some(t) => {
             let store = tls::CertStore::load(&t.specs())?;
             let acceptor = tokio_rustls::TlsAcceptor::from(tls::server_config(store.clone())?);
-            let listeners = server::bind(&t.listen)
-                .await
+            let listeners = server::bind(&t.listen, workers)
                 .map_err(|(addr, e)| anyhow::anyhow!("cannot listen on {addr} (tls): {e}"))?;
             Some((store, acceptor, listeners))
         }
@@ -80,37 +93,36 @@ pub async fn run(config_path: &Path, config: Config) -> anyhow::Result<()> {
     }
 
     let limit = Arc::new(Semaphore::new(cfg.server.max_connections));
-    for l in listeners {
+    for l in plain.first().into_iter().flatten() {
         let addr = l.local_addr().context("listener has no address")?;
         tracing::info!("listening on {addr} (http)");
-        tokio::spawn(server::accept_loop(
-            l,
-            state.clone(),
-            limit.clone(),
-            shutdown.clone(),
-            tracker.clone(),
-            None,
-        ));
     }
-    let mut cert_store = None;
-    if let Some((store, acceptor, listeners)) = tls {
-        for l in listeners {
-            let addr = l.local_addr().context("listener has no address")?;
-            tracing::info!("listening on {addr} (https)");
-            if state.https_port().is_none() {
-                state.set_https_port(addr.port());
+    let (cert_store, acceptor, tls_listeners) = match tls {
+        Some((store, acceptor, listeners)) => {
+            for l in listeners.first().into_iter().flatten() {
+                let addr = l.local_addr().context("listener has no address")?;
+                tracing::info!("listening on {addr} (https)");
+                if state.https_port().is_none() {
+                    state.set_https_port(addr.port());
+                }
             }
-            let a = Some(acceptor.clone());
-            tokio::spawn(server::accept_loop(
-                l,
-                state.clone(),
-                limit.clone(),
-                shutdown.clone(),
-                tracker.clone(),
-                a,
-            ));
+            (Some(store), Some(acceptor), listeners)
         }
-        cert_store = Some(store);
+        None => (None, None, Vec::new()),
+    };
+    let mut tls_listeners = tls_listeners.into_iter();
+    for (id, mine) in plain.into_iter().enumerate() {
+        let worker = Worker {
+            id,
+            plain: mine,
+            tls: tls_listeners.next().unwrap_or_default(),
+            acceptor: acceptor.clone(),
+            state: state.clone(),
+            limit: limit.clone(),
+            shutdown: shutdown.clone(),
+            tracker: tracker.clone(),
+        };
+        worker.spawn().context("cannot start a worker thread")?;
     }
     {
         let (st, path, certs, w) = (
@@ -242,7 +254,7 @@ fn notify(states: &[NotifyState]) {
 }
 
 /// Sockets passed by systemd socket activation (LISTEN_FDS), if any.
-fn inherited_listeners() -> anyhow::Result<Option<Vec<TcpListener>>> {
+fn inherited_listeners() -> anyhow::Result<Option<Vec<std::net::TcpListener>>> {
     let fds = match sd_notify::listen_fds() {
         Ok(fds) if fds.len() > 0 => fds,
         _ => return Ok(None),
@@ -252,13 +264,61 @@ fn inherited_listeners() -> anyhow::Result<Option<Vec<TcpListener>>> {
         use std::os::fd::FromRawFd;
         // SAFETY: systemd passes these descriptors to this process to own;
         // listen_fds() checked LISTEN_PID, and nothing else in the process uses them.
-        let std = unsafe { std::net::TcpListener::from_raw_fd(fd) };
-        std.set_nonblocking(true).context("inherited socket")?;
-        let l = TcpListener::from_std(std).context("inherited socket is not a TCP listener")?;
+        let l = unsafe { std::net::TcpListener::from_raw_fd(fd) };
+        l.set_nonblocking(true).context("inherited socket")?;
         l.local_addr().context("inherited socket is not a bound TCP listener")?;
         out.push(l);
     }
     Ok(Some(out))
+}
+
+/// One worker: a thread with a single-threaded runtime that accepts on its
+/// own listeners and serves its connections (nginx's worker process, as a thread).
+struct Worker {
+    id: usize,
+    plain: Vec<std::net::TcpListener>,
+    tls: Vec<std::net::TcpListener>,
+    acceptor: Option<tokio_rustls::TlsAcceptor>,
+    state: Arc<State>,
+    limit: Arc<Semaphore>,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+}
+
+impl Worker {
+    fn spawn(self) -> std::io::Result<()> {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        std::thread::Builder::new()
+            .name(format!("gatekeeper-worker-{}", self.id))
+            .spawn(move || {
+                rt.block_on(async move {
+                    let tls = self.acceptor.clone();
+                    let sets = [(self.plain, None), (self.tls, tls)];
+                    for (listeners, acceptor) in sets {
+                        for l in listeners {
+                            match TcpListener::from_std(l) {
+                                Ok(l) => {
+                                    tokio::spawn(server::accept_loop(
+                                        l,
+                                        self.state.clone(),
+                                        self.limit.clone(),
+                                        self.shutdown.clone(),
+                                        self.tracker.clone(),
+                                        acceptor.clone(),
+                                    ));
+                                }
+                                Err(e) => tracing::error!(error = %e, "cannot use a listener"),
+                            }
+                        }
+                    }
+                    // After the stop signal, keep driving this thread's connections
+                    // until they are done (the main thread bounds this by the grace period).
+                    self.shutdown.cancelled().await;
+                    self.tracker.wait().await;
+                });
+            })?;
+        Ok(())
+    }
 }
 
 /// Lifts the soft open-files limit to the hard one: every connection is a

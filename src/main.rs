@@ -14,7 +14,13 @@ fn main() -> ExitCode {
                 Err(e) => return fail_config(&e),
             };
             logging::init(&config.log);
-            let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+            // Workers run on threads of their own; this runtime only carries signals,
+            // watchers, the admin endpoint and the fleet watch.
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+            {
                 Ok(r) => r,
                 Err(e) => return fail(&anyhow::anyhow!("cannot start the async runtime: {e}")),
             };

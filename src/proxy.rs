@@ -138,6 +138,33 @@ impl UpstreamClient {
     }
 }
 
+thread_local! {
+    /// This worker thread's pool for the current upstream. Each worker is a
+    /// single-threaded runtime; a pool of its own keeps a request and its
+    /// upstream connection on one thread (no cross-thread wake-ups), as nginx
+    /// workers do.
+    static LOCAL: std::cell::RefCell<Option<((UpstreamTarget, Duration), UpstreamClient)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// The calling thread's client for `cfg`, created on first use or when the
+/// upstream changed with a reload.
+pub fn local_client(cfg: &Upstream) -> UpstreamClient {
+    LOCAL.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        match &*slot {
+            Some(((target, connect), client)) if *target == cfg.target && *connect == cfg.connect_timeout => {
+                client.clone()
+            }
+            _ => {
+                let client = UpstreamClient::new(cfg);
+                *slot = Some(((cfg.target.clone(), cfg.connect_timeout), client.clone()));
+                client
+            }
+        }
+    })
+}
+
 /// Who sent the request, as far as the proxy needs to know.
 pub struct Origin<'a> {
     pub peer: IpAddr,

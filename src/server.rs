@@ -24,24 +24,36 @@ use crate::page;
 use crate::proxy::{self, boxed, Body, Origin};
 use crate::state::State;
 
-/// Binds every configured address; a failure names the address. IPv6 sockets
-/// are IPv6-only, so `0.0.0.0:80` and `[::]:80` can both be listed (as nginx does).
-pub async fn bind(addrs: &[SocketAddr]) -> Result<Vec<TcpListener>, (SocketAddr, std::io::Error)> {
+/// Binds every configured address once per worker, with SO_REUSEPORT so that
+/// the kernel spreads new connections over the workers (nginx's `reuseport`).
+/// Returns, per worker, its listeners in the order of `addrs`. IPv6 sockets are
+/// IPv6-only, so `0.0.0.0:80` and `[::]:80` can both be listed (as nginx does).
+pub fn bind(
+    addrs: &[SocketAddr],
+    workers: usize,
+) -> Result<Vec<Vec<std::net::TcpListener>>, (SocketAddr, std::io::Error)> {
     use socket2::{Domain, Protocol, Socket, Type};
-    let mut out = Vec::with_capacity(addrs.len());
+    let one = |addr: SocketAddr| -> std::io::Result<std::net::TcpListener> {
+        let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+        if addr.is_ipv6() {
+            s.set_only_v6(true)?;
+        }
+        s.set_reuse_address(true)?;
+        s.set_reuse_port(true)?;
+        s.set_nonblocking(true)?;
+        s.bind(&addr.into())?;
+        s.listen(4096)?;
+        Ok(s.into())
+    };
+    let mut out: Vec<Vec<std::net::TcpListener>> = (0..workers.max(1)).map(|_| Vec::new()).collect();
     for &addr in addrs {
-        let one = || -> std::io::Result<TcpListener> {
-            let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-            if addr.is_ipv6() {
-                s.set_only_v6(true)?;
-            }
-            s.set_reuse_address(true)?;
-            s.set_nonblocking(true)?;
-            s.bind(&addr.into())?;
-            s.listen(4096)?;
-            TcpListener::from_std(s.into())
-        };
-        out.push(one().map_err(|e| (addr, e))?);
+        let first = one(addr).map_err(|e| (addr, e))?;
+        // Port 0 picks a port once; every worker binds that same port.
+        let actual = first.local_addr().map_err(|e| (addr, e))?;
+        for (i, set) in out.iter_mut().enumerate() {
+            let l = if i == 0 { first.try_clone() } else { one(actual) };
+            set.push(l.map_err(|e| (addr, e))?);
+        }
     }
     Ok(out)
 }
@@ -220,7 +232,8 @@ pub async fn handle(req: Request<Incoming>, peer: SocketAddr, state: &State, htt
                 resolved: &resolved,
                 https,
             };
-            let (r, o) = proxy::forward(&rt.upstream, cfg, req, &origin, bypass).await;
+            let client = proxy::local_client(&cfg.upstream);
+            let (r, o) = proxy::forward(&client, cfg, req, &origin, bypass).await;
             (r, Some(o))
         }
     };

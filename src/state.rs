@@ -13,7 +13,6 @@ use crate::allowlist::{self, IpSet};
 use crate::config::{Config, ConfigError, ConfigErrors};
 use crate::metrics::Metrics;
 use crate::page::{self, PageSet, Rendered};
-use crate::proxy::UpstreamClient;
 use crate::toggle::{Observed, ToggleContent, Window};
 use crate::units::ceil_secs;
 
@@ -23,7 +22,6 @@ pub struct Runtime {
     pub allow: IpSet,
     pub trusted: IpSet,
     pub pages: Arc<PageSet>,
-    pub upstream: UpstreamClient,
 }
 
 /// The files a config points to, loaded and checked (used by `check` too).
@@ -101,23 +99,13 @@ impl Loaded {
 }
 
 impl Runtime {
-    /// Builds a runtime, reusing the previous upstream pool when the upstream is unchanged.
-    pub fn build(config: Config, prev: Option<&Runtime>) -> Result<Runtime, ConfigErrors> {
+    /// Builds a runtime from a config (`prev`: the running one, on a reload).
+    pub fn build(config: Config, _prev: Option<&Runtime>) -> Result<Runtime, ConfigErrors> {
         let loaded = Loaded::load(&config)?;
-        let upstream = match prev {
-            Some(p)
-                if p.config.upstream.target == config.upstream.target
-                    && p.config.upstream.connect_timeout == config.upstream.connect_timeout =>
-            {
-                p.upstream.clone()
-            }
-            _ => UpstreamClient::new(&config.upstream),
-        };
         Ok(Runtime {
             trusted: IpSet::new(config.clients.trusted_proxies.iter().copied()),
             allow: loaded.allow,
             pages: Arc::new(loaded.pages),
-            upstream,
             config: Arc::new(config),
         })
     }

@@ -163,6 +163,8 @@ pub struct Server {
     pub max_connections: usize,
     pub max_header_size: usize,
     pub max_headers: usize,
+    /// Worker threads, each a single-threaded event loop (0: one per core).
+    pub workers: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -422,6 +424,7 @@ fn build(raw: RawConfig, base: &Path, file: &Path, c: &mut Collector) -> Config 
         max_connections: count(c, &s.max_connections, "server.max_connections", 16384, 1),
         max_header_size: usize::try_from(max_header_size).unwrap_or(64 << 10),
         max_headers: count(c, &s.max_headers, "server.max_headers", 100, 1),
+        workers: count(c, &s.workers, "server.workers", 0, 0),
     };
 
     let b = &raw.buffering;

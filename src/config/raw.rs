@@ -122,6 +122,7 @@ pub struct RawServer {
     pub max_connections: Option<S<i64>>,
     pub max_header_size: Option<S<toml::Value>>,
     pub max_headers: Option<S<i64>>,
+    pub workers: Option<S<i64>>,
 }
 
 #[derive(Deserialize, Default)]
