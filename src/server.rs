@@ -67,22 +67,31 @@ pub async fn accept_loop(
     tracker: TaskTracker,
     tls: Option<tokio_rustls::TlsAcceptor>,
 ) {
+    let mut last_warning: Option<std::time::Instant> = None;
     loop {
-        // Beyond max_connections new connections wait in the kernel's backlog.
-        let permit = tokio::select! {
-            p = limit.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
-            _ = shutdown.cancelled() => return,
-        };
         let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(x) => x,
                 Err(e) => {
-                    // EMFILE/ENFILE/ENOBUFS and friends are transient: pause, don't die.
-                    tracing::warn!(error = %e, "accept failed; pausing 100ms");
+                    // EMFILE/ENFILE/ENOBUFS and friends are transient: pause, don't die
+                    // (and say so once a second, not ten times).
+                    if last_warning.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+                        tracing::warn!(error = %e, "accept failed; pausing 100ms between attempts");
+                        last_warning = Some(std::time::Instant::now());
+                    }
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
             },
+            _ = shutdown.cancelled() => return,
+        };
+        // The slot is taken after accept: workers share one limit, and a worker
+        // that waited for a slot before accepting would keep one reserved while
+        // the connection that needs it sits in another worker's queue. Each
+        // worker holds at most this one connection waiting; the rest wait in the
+        // kernel's backlog.
+        let permit = tokio::select! {
+            p = limit.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
             _ = shutdown.cancelled() => return,
         };
         let _ = stream.set_nodelay(true);
