@@ -73,6 +73,16 @@ impl Loaded {
                 },
             }
         }
+        if config.buffering.requests || config.buffering.responses {
+            let dir = crate::buffer::temp_dir(config.buffering.dir.as_deref());
+            // Unlinked at once: this only proves that bodies can spill to disk there.
+            if let Err(e) = tempfile::tempfile_in(&dir) {
+                errors.push(plain(
+                    "buffering.dir",
+                    format!("cannot create temporary files in {}: {e}", dir.display()),
+                ));
+            }
+        }
         if let Some(tls) = &config.tls {
             if let Err(e) = crate::tls::check(&tls.specs()) {
                 errors.push(plain("tls", e.to_string()));

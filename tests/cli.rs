@@ -435,6 +435,22 @@ fn check_page_dir_without_index() {
 }
 
 #[test]
+fn check_buffering_dir_must_take_temp_files() {
+    let fx = Fixture::new();
+    let mut c = base(&fx);
+    c.set("buffering.dir", &q(fx.path("no-such-dir").to_str().unwrap()));
+    let (path, o) = check_text(&fx, &c.render());
+    let msg = assert_err_key(&o, &path, r"buffering\.dir");
+    assert!(msg.contains("cannot create temporary files in"), "{msg:?}");
+
+    // With both directions streaming nothing spills to disk: no directory needed.
+    c.set("buffering.requests", "false");
+    c.set("buffering.responses", "false");
+    let (_, o) = check_text(&fx, &c.render());
+    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+#[test]
 fn check_bad_log_level_and_format() {
     let fx = Fixture::new();
     let mut c = base(&fx);
