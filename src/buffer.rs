@@ -163,8 +163,10 @@ where
 struct SpoolState {
     mem: VecDeque<Bytes>,
     mem_bytes: usize,
-    file: Option<File>,
+    file: Option<Arc<File>>,
     write_pos: u64,
+    /// A write to the file is under way (off the runtime): the file must not be reset meanwhile.
+    writing: bool,
     read_pos: u64,
     done: bool,
     error: Option<BoxError>,
@@ -207,7 +209,7 @@ impl HttpBody for SpoolBody {
                 return match f.read_exact_at(&mut buf, s.read_pos) {
                     Ok(()) => {
                         s.read_pos += n as u64;
-                        if s.read_pos == s.write_pos {
+                        if s.read_pos == s.write_pos && !s.writing {
                             // Drained: start over at the beginning and give the space back.
                             s.read_pos = 0;
                             s.write_pos = 0;
@@ -265,27 +267,47 @@ where
     B::Error: Into<BoxError>,
 {
     loop {
-        let next = upstream.frame().await;
-        let Ok(mut s) = state.lock() else { return };
-        if s.reader_gone {
-            return; // client went away: drop the upstream body (and its connection)
-        }
-        match next {
-            None => s.done = true,
-            Some(Err(e)) => {
-                s.error = Some(e.into());
-                s.done = true;
+        let write = {
+            // Scoped: the frame (and its error type, maybe not Send) is gone before the write's await.
+            let next = upstream.frame().await;
+            let Ok(mut s) = state.lock() else { return };
+            if s.reader_gone {
+                return; // client went away: drop the upstream body (and its connection)
             }
-            Some(Ok(frame)) => {
-                if let Ok(data) = frame.into_data() {
-                    if let Err(e) = push(&mut s, data, memory, &dir) {
-                        tracing::error!(dir = %dir.display(), error = %e, "cannot spool the response to disk; truncating it");
-                        s.error = Some(e.into());
-                        s.done = true;
+            let mut write = None;
+            match next {
+                None => s.done = true,
+                Some(Err(e)) => {
+                    s.error = Some(e.into());
+                    s.done = true;
+                }
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        match place(&mut s, data, memory, &dir) {
+                            Ok(Placed::Memory) => {}
+                            Ok(Placed::File { file, pos, data }) => write = Some((file, pos, data)),
+                            Err(e) => disk_failed(&mut s, e, &dir),
+                        }
                     }
                 }
             }
+            write
+        };
+        if let Some((file, pos, data)) = write {
+            let len = data.len() as u64;
+            // Disk writes can stall (dirty-page throttling): never on a worker thread,
+            // which serves many other connections.
+            let res = tokio::task::spawn_blocking(move || file.write_all_at(&data, pos))
+                .await
+                .unwrap_or_else(|e| Err(io::Error::other(e)));
+            let Ok(mut s) = state.lock() else { return };
+            s.writing = false;
+            match res {
+                Ok(()) => s.write_pos += len,
+                Err(e) => disk_failed(&mut s, e, &dir),
+            }
         }
+        let Ok(mut s) = state.lock() else { return };
         let done = s.done;
         if let Some(w) = s.waker.take() {
             w.wake();
@@ -296,20 +318,54 @@ where
     }
 }
 
-fn push(s: &mut SpoolState, data: Bytes, memory: usize, dir: &Path) -> io::Result<()> {
+fn disk_failed(s: &mut SpoolState, e: io::Error, dir: &Path) {
+    tracing::error!(dir = %dir.display(), error = %e, "cannot spool the response to disk; truncating it");
+    s.error = Some(e.into());
+    s.done = true;
+}
+
+/// Where a chunk of the upstream's answer goes.
+enum Placed {
+    Memory,
+    /// To be written at `pos` in the spool file (the caller does the I/O).
+    File {
+        file: Arc<File>,
+        pos: u64,
+        data: Bytes,
+    },
+}
+
+fn place(s: &mut SpoolState, data: Bytes, memory: usize, dir: &Path) -> io::Result<Placed> {
     // Order matters: once bytes wait in the file, later bytes go behind them.
     let file_pending = s.read_pos < s.write_pos;
     if !file_pending && s.mem_bytes + data.len() <= memory {
         s.mem_bytes += data.len();
         s.mem.push_back(data);
-        return Ok(());
+        return Ok(Placed::Memory);
     }
-    if s.file.is_none() {
-        s.file = Some(tempfile::tempfile_in(dir)?);
-    }
-    if let Some(f) = &s.file {
-        f.write_all_at(&data, s.write_pos)?;
+    let file = match &s.file {
+        Some(f) => f.clone(),
+        None => {
+            let f = Arc::new(tempfile::tempfile_in(dir)?);
+            s.file = Some(f.clone());
+            f
+        }
+    };
+    s.writing = true;
+    Ok(Placed::File {
+        file,
+        pos: s.write_pos,
+        data,
+    })
+}
+
+/// `place` and the write in one go (for tests).
+#[cfg(test)]
+fn push(s: &mut SpoolState, data: Bytes, memory: usize, dir: &Path) -> io::Result<()> {
+    if let Placed::File { file, pos, data } = place(s, data, memory, dir)? {
+        file.write_all_at(&data, pos)?;
         s.write_pos += data.len() as u64;
+        s.writing = false;
     }
     Ok(())
 }

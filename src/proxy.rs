@@ -80,9 +80,12 @@ pub enum UpstreamClient {
     Tcp {
         client: Client<HttpConnector, Body>,
         authority: http::uri::Authority,
+        connect_timeout: Duration,
+        h2: bool,
     },
     Unix {
         client: Client<UnixConnector, Body>,
+        connector: UnixConnector,
     },
 }
 
@@ -103,14 +106,20 @@ impl UpstreamClient {
                 UpstreamClient::Tcp {
                     client: builder.build(conn),
                     authority: authority.clone(),
+                    connect_timeout: cfg.connect_timeout,
+                    h2: matches!(cfg.target, UpstreamTarget::H2c(_)),
                 }
             }
-            UpstreamTarget::Unix(path) => UpstreamClient::Unix {
-                client: builder.build(UnixConnector {
+            UpstreamTarget::Unix(path) => {
+                let connector = UnixConnector {
                     path: Arc::new(path.clone()),
                     timeout: cfg.connect_timeout,
-                }),
-            },
+                };
+                UpstreamClient::Unix {
+                    client: builder.build(connector.clone()),
+                    connector,
+                }
+            }
         }
     }
 
@@ -133,10 +142,61 @@ impl UpstreamClient {
     async fn send(&self, req: Request<Body>) -> Result<Response<Incoming>, hyper_util::client::legacy::Error> {
         match self {
             UpstreamClient::Tcp { client, .. } => client.request(req).await,
-            UpstreamClient::Unix { client } => client.request(req).await,
+            UpstreamClient::Unix { client, .. } => client.request(req).await,
         }
     }
+
+    /// Sends on a new connection of its own, outside the pool: it cannot have
+    /// gone stale. HTTP/1.1 only; `None` for h2c upstreams (multiplexed, not
+    /// closed under a request the way idle HTTP/1.1 connections are).
+    async fn send_fresh(&self, mut req: Request<Body>) -> Option<Result<Response<Incoming>, BoxError>> {
+        // A bare connection sends the target as given: origin-form, as the pooled client does.
+        if let Some(pq) = req.uri().path_and_query().cloned() {
+            *req.uri_mut() = Uri::from(pq);
+        }
+        let io = match self {
+            UpstreamClient::Tcp { h2: true, .. } => return None,
+            UpstreamClient::Tcp {
+                authority,
+                connect_timeout,
+                ..
+            } => {
+                let addr = (
+                    authority.host().trim_matches(['[', ']']),
+                    authority.port_u16().unwrap_or(80),
+                );
+                let stream = match tokio::time::timeout(*connect_timeout, tokio::net::TcpStream::connect(addr)).await {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => return Some(Err(e.into())),
+                    Err(_) => return Some(Err("connect timed out".into())),
+                };
+                let _ = stream.set_nodelay(true);
+                Box::new(TokioIo::new(stream)) as Box<dyn FreshIo>
+            }
+            UpstreamClient::Unix { connector, .. } => {
+                let mut c = connector.clone();
+                match tower_service::Service::call(&mut c, Uri::from_static("http://localhost/")).await {
+                    Ok(io) => Box::new(io) as Box<dyn FreshIo>,
+                    Err(e) => return Some(Err(e.into())),
+                }
+            }
+        };
+        Some(
+            async {
+                let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await?;
+                tokio::spawn(async move {
+                    let _ = conn.with_upgrades().await;
+                });
+                Ok(sender.send_request(req).await?)
+            }
+            .await,
+        )
+    }
 }
+
+/// A connected byte stream hyper can drive (TCP or Unix).
+trait FreshIo: hyper::rt::Read + hyper::rt::Write + Send + Unpin + 'static {}
+impl<T: hyper::rt::Read + hyper::rt::Write + Send + Unpin + 'static> FreshIo for T {}
 
 thread_local! {
     /// This worker thread's pool for the current upstream. Each worker is a
@@ -256,23 +316,23 @@ pub async fn forward(
         .then(|| (parts.method.clone(), parts.uri.clone(), parts.headers.clone()));
     let out = Request::from_parts(parts, body);
     let exchange = async {
-        let mut result = upstream.send(out).await;
-        // Several pooled connections may have gone stale at once: a few resends,
-        // all within the one deadline below.
-        for _ in 0..3 {
-            match (&result, &retry) {
-                (Err(e), Some((method, uri, headers))) if stale_connection(e) => {
-                    tracing::debug!(error = %error_chain(e), "stale upstream connection; resending");
-                    let mut again = Request::new(empty());
-                    *again.method_mut() = method.clone();
-                    *again.uri_mut() = uri.clone();
-                    *again.headers_mut() = headers.clone();
-                    result = upstream.send(again).await;
+        let first = upstream.send(out).await;
+        match (first, &retry) {
+            (Err(e), Some((method, uri, headers))) if stale_connection(&e) => {
+                // nginx's way: the pooled connection had been closed under the
+                // request; resend once on a fresh connection, which cannot be stale.
+                tracing::debug!(error = %error_chain(&e), "stale upstream connection; resending on a new one");
+                let mut again = Request::new(empty());
+                *again.method_mut() = method.clone();
+                *again.uri_mut() = uri.clone();
+                *again.headers_mut() = headers.clone();
+                match upstream.send_fresh(again).await {
+                    Some(r) => r,
+                    None => Err(Box::new(e) as BoxError),
                 }
-                _ => break,
             }
+            (first, _) => first.map_err(|e| Box::new(e) as BoxError),
         }
-        result
     };
 
     let mut resp = match tokio::time::timeout(cfg.upstream.timeout, exchange).await {
@@ -283,7 +343,7 @@ pub async fn forward(
             )
         }
         Ok(Err(e)) => {
-            tracing::warn!(error = %error_chain(&e), "upstream request failed");
+            tracing::warn!(error = %error_chain(&*e), "upstream request failed");
             return (
                 boxed(page::error_response(StatusCode::BAD_GATEWAY)),
                 Outcome::Unreachable,
