@@ -24,7 +24,7 @@ pub async fn run(config_path: &Path, config: Config) -> anyhow::Result<()> {
     let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
     raise_fd_limit();
-    let rt = Runtime::build(config, None)?;
+    let rt = Runtime::build(config)?;
     let cfg = rt.config.clone();
     let workers = match cfg.server.workers {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -187,7 +187,7 @@ pub fn reload(path: &Path, state: &State, certs: Option<&tls::CertStore>) {
     let started = std::time::Instant::now();
     // On error the store keeps serving the old pair and has logged why.
     let certs_ok = certs.is_none_or(|store| store.reload().is_ok());
-    match Config::load(path).and_then(|c| Runtime::build(c, Some(&cur.rt))) {
+    match Config::load(path).and_then(Runtime::build) {
         Ok(new) => {
             let needs_restart = restart_only_changes(&cur.rt.config, &new.config);
             if !needs_restart.is_empty() {

@@ -59,7 +59,7 @@ pub fn decide(f: Facts) -> Decision {
 pub fn under_bypass_path(path: &str, prefixes: &[String]) -> bool {
     // SECURITY: a path the upstream might normalise to somewhere else
     // ("/healthz/../admin", "/healthz/%2e%2e/admin", "/healthz%2f..") is never a bypass.
-    if path_is_ambiguous(path) {
+    if prefixes.is_empty() || path_is_ambiguous(path) {
         return false;
     }
     prefixes.iter().any(|p| {
@@ -69,13 +69,12 @@ pub fn under_bypass_path(path: &str, prefixes: &[String]) -> bool {
 }
 
 fn path_is_ambiguous(path: &str) -> bool {
-    let lower = path.to_ascii_lowercase();
-    lower.contains("%2e")
-        || lower.contains("%2f")
-        || lower.contains("%5c")
-        || lower.contains('\\')
-        || lower.contains("//")
-        || path.split('/').any(|seg| seg == "." || seg == "..")
+    // Encoded '.', '/' or '\\' in any case, checked without copying the path.
+    let encoded = path
+        .as_bytes()
+        .windows(3)
+        .any(|w| w[0] == b'%' && matches!((w[1], w[2].to_ascii_lowercase()), (b'2', b'e' | b'f') | (b'5', b'c')));
+    encoded || path.contains('\\') || path.contains("//") || path.split('/').any(|seg| seg == "." || seg == "..")
 }
 
 #[cfg(test)]

@@ -3,7 +3,6 @@
 //! response-head deadline (504), connection failures (502), and upgrade relay.
 
 use std::future::Future;
-use std::net::IpAddr;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -80,7 +79,7 @@ pub enum UpstreamClient {
     Tcp {
         client: Client<HttpConnector, Body>,
         authority: http::uri::Authority,
-        connect_timeout: Duration,
+        connector: HttpConnector,
         h2: bool,
     },
     Unix {
@@ -104,9 +103,9 @@ impl UpstreamClient {
                 conn.set_nodelay(true);
                 conn.set_connect_timeout(Some(cfg.connect_timeout));
                 UpstreamClient::Tcp {
-                    client: builder.build(conn),
+                    client: builder.build(conn.clone()),
                     authority: authority.clone(),
-                    connect_timeout: cfg.connect_timeout,
+                    connector: conn,
                     h2: matches!(cfg.target, UpstreamTarget::H2c(_)),
                 }
             }
@@ -150,40 +149,26 @@ impl UpstreamClient {
     /// gone stale. HTTP/1.1 only; `None` for h2c upstreams (multiplexed, not
     /// closed under a request the way idle HTTP/1.1 connections are).
     async fn send_fresh(&self, mut req: Request<Body>) -> Option<Result<Response<Incoming>, BoxError>> {
+        // The pool's own connector (connect timeout, TCP_NODELAY), without the pool.
+        let target = req.uri().clone();
+        let io = match self {
+            UpstreamClient::Tcp { h2: true, .. } => return None,
+            UpstreamClient::Tcp { connector, .. } => tower_service::Service::call(&mut connector.clone(), target)
+                .await
+                .map(|io| Box::new(io) as Box<dyn FreshIo>)
+                .map_err(BoxError::from),
+            UpstreamClient::Unix { connector, .. } => tower_service::Service::call(&mut connector.clone(), target)
+                .await
+                .map(|io| Box::new(io) as Box<dyn FreshIo>)
+                .map_err(BoxError::from),
+        };
         // A bare connection sends the target as given: origin-form, as the pooled client does.
         if let Some(pq) = req.uri().path_and_query().cloned() {
             *req.uri_mut() = Uri::from(pq);
         }
-        let io = match self {
-            UpstreamClient::Tcp { h2: true, .. } => return None,
-            UpstreamClient::Tcp {
-                authority,
-                connect_timeout,
-                ..
-            } => {
-                let addr = (
-                    authority.host().trim_matches(['[', ']']),
-                    authority.port_u16().unwrap_or(80),
-                );
-                let stream = match tokio::time::timeout(*connect_timeout, tokio::net::TcpStream::connect(addr)).await {
-                    Ok(Ok(s)) => s,
-                    Ok(Err(e)) => return Some(Err(e.into())),
-                    Err(_) => return Some(Err("connect timed out".into())),
-                };
-                let _ = stream.set_nodelay(true);
-                Box::new(TokioIo::new(stream)) as Box<dyn FreshIo>
-            }
-            UpstreamClient::Unix { connector, .. } => {
-                let mut c = connector.clone();
-                match tower_service::Service::call(&mut c, Uri::from_static("http://localhost/")).await {
-                    Ok(io) => Box::new(io) as Box<dyn FreshIo>,
-                    Err(e) => return Some(Err(e.into())),
-                }
-            }
-        };
         Some(
             async {
-                let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await?;
+                let (mut sender, conn) = hyper::client::conn::http1::handshake(io?).await?;
                 tokio::spawn(async move {
                     let _ = conn.with_upgrades().await;
                 });
@@ -227,7 +212,6 @@ pub fn local_client(cfg: &Upstream) -> UpstreamClient {
 
 /// Who sent the request, as far as the proxy needs to know.
 pub struct Origin<'a> {
-    pub peer: IpAddr,
     pub peer_trusted: bool,
     pub resolved: &'a Resolved,
     pub https: bool,
@@ -499,7 +483,6 @@ fn rewrite_request_headers(h: &mut http::HeaderMap, origin: &Origin<'_>, host: O
     if let Some(host) = host {
         h.insert(header::HOST, host);
     }
-    let _ = origin.peer;
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {

@@ -171,10 +171,11 @@ pub async fn handle(req: Request<Incoming>, peer: SocketAddr, state: &State, htt
     let allowed = resolved.client.is_some_and(|ip| rt.allow.contains(ip));
     let path = req.uri().path();
     let bp = &cfg.bypass;
+    let on_bypass_path = under_bypass_path(path, &cfg.maintenance.bypass_paths);
     // First, so that nothing — the bypass link's cookie least of all — is handed out over plain HTTP.
     if !https {
         if let Some(tls) = cfg.tls.as_ref().filter(|t| t.redirect_http) {
-            if !under_bypass_path(path, &cfg.maintenance.bypass_paths) {
+            if !on_bypass_path {
                 if let Some(r) = redirect_to_https(&req, tls, state.https_port()) {
                     return r;
                 }
@@ -209,7 +210,7 @@ pub async fn handle(req: Request<Incoming>, peer: SocketAddr, state: &State, htt
     let decision = decide(Facts {
         maintenance: m.active,
         client_allowed: allowed,
-        bypass_path: m.active && under_bypass_path(path, &cfg.maintenance.bypass_paths),
+        bypass_path: m.active && on_bypass_path,
         credential,
         asset: asset.is_some(),
     });
@@ -236,7 +237,6 @@ pub async fn handle(req: Request<Incoming>, peer: SocketAddr, state: &State, htt
             req.headers_mut().remove(&bp.header);
             bypass::strip_cookie(req.headers_mut(), &bp.cookie_name);
             let origin = Origin {
-                peer: peer_ip,
                 peer_trusted: rt.trusted.contains(peer_ip),
                 resolved: &resolved,
                 https,
@@ -298,19 +298,10 @@ fn redirect_to_https(req: &Request<Incoming>, tls: &crate::config::Tls, bound: O
     let authority: http::uri::Authority = host.parse().ok()?;
     // The port actually bound (the config may say 0), else the configured one.
     let port = bound.or_else(|| tls.listen.first().map(|a| a.port())).unwrap_or(443);
-    let target_host = if port == 443 {
-        authority.host().to_string()
-    } else {
-        format!("{}:{port}", authority.host())
-    };
-    let target_host = if target_host.contains(':') && !target_host.starts_with('[') && authority.host().contains(':') {
-        format!(
-            "[{}]{}",
-            authority.host(),
-            if port == 443 { String::new() } else { format!(":{port}") }
-        )
-    } else {
-        target_host
+    // `Authority::host` keeps an IPv6 address's brackets.
+    let target_host = match port {
+        443 => authority.host().to_string(),
+        p => format!("{}:{p}", authority.host()),
     };
     let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
     let location = http::HeaderValue::from_str(&format!("https://{target_host}{pq}")).ok()?;

@@ -109,8 +109,8 @@ impl Loaded {
 }
 
 impl Runtime {
-    /// Builds a runtime from a config (`prev`: the running one, on a reload).
-    pub fn build(config: Config, _prev: Option<&Runtime>) -> Result<Runtime, ConfigErrors> {
+    /// Builds a runtime from a config: loads the files it points to.
+    pub fn build(config: Config) -> Result<Runtime, ConfigErrors> {
         let loaded = Loaded::load(&config)?;
         Ok(Runtime {
             trusted: IpSet::new(config.clients.trusted_proxies.iter().copied()),

@@ -13,7 +13,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::state::State;
-use crate::toggle::{self, Observed};
+use crate::toggle;
 
 /// Something that asks the watcher to look again now (a reload, a signal).
 pub type Wake = Arc<Notify>;
@@ -49,7 +49,6 @@ pub fn spawn(state: Arc<State>, shutdown: CancellationToken) -> Result<Wake, not
             watcher,
             watched: HashSet::new(),
             names,
-            last: None,
         };
         let mut cause = "startup";
         loop {
@@ -88,7 +87,6 @@ struct ToggleWatch {
     watcher: RecommendedWatcher,
     watched: HashSet<PathBuf>,
     names: Names,
-    last: Option<Observed>,
 }
 
 impl ToggleWatch {
@@ -96,21 +94,15 @@ impl ToggleWatch {
         let path = state.snapshot().rt.config.maintenance.toggle.clone();
         self.rewatch(&path);
         let obs = toggle::observe(&path);
-        let cur = state.snapshot();
-        let same = self
-            .last
-            .as_ref()
-            .is_some_and(|l| l.exists == obs.exists && l.fingerprint == obs.fingerprint)
-            && cur.maint.observed.fingerprint == obs.fingerprint
-            && cur.maint.observed.exists == obs.exists;
-        if same {
+        // The snapshot holds the observation last applied: compare with it.
+        let prev = &state.snapshot().maint.observed;
+        if prev.exists == obs.exists && prev.fingerprint == obs.fingerprint {
             return;
         }
+        let self_changed = prev.exists;
         if let Some(w) = &obs.warning {
             tracing::warn!("{w}");
         }
-        let self_changed = self.last.as_ref().is_some_and(|l| l.exists);
-        self.last = Some(obs.clone());
         let (was, now) = state.set_observed(obs);
         if was != now {
             tracing::info!(toggle = %path.display(), source = "file", cause, "maintenance {} -> {}", onoff(was), onoff(now));
