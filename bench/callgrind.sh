@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# Instructions per request, counted by valgrind's callgrind: repeatable whatever
+# else the machine is doing. gatekeeper (release build) runs under callgrind in
+# front of a local nginx `return 200`; a Python client sends N1, then (in a second
+# run) N2 requests on one kept-alive connection; per request = (I2 - I1) / (N2 - N1),
+# so start-up and shutdown cancel out. Both the proxied path and the maintenance
+# page are measured.
+#
+#   bench/callgrind.sh            # N1=1000, N2=5000
+#   N1=500 N2=2500 bench/callgrind.sh
+#
+# Needs valgrind and nginx (apt-get install valgrind nginx). Loopback only; every
+# process started here is stopped by PID.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+N1=${N1:-1000}
+N2=${N2:-5000}
+BIN=${GATEKEEPER_BIN:-target/release/gatekeeper}
+[ -x "$BIN" ] || cargo build --release --locked >&2
+command -v valgrind >/dev/null || { echo "valgrind is not installed" >&2; exit 1; }
+command -v nginx >/dev/null || { echo "nginx is not installed" >&2; exit 1; }
+
+W=$(mktemp -d /tmp/gatekeeper-callgrind.XXXXXX)
+NGINX_PID=""
+cleanup() {
+    [ -n "$NGINX_PID" ] && kill "$NGINX_PID" 2>/dev/null || true
+    rm -rf "$W"
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+UP=$(free_port)
+GK=$(free_port)
+mkdir -p "$W/toggle" "$W/out"
+cat > "$W/nginx.conf" <<EOF
+worker_processes 1;
+daemon off;
+pid $W/nginx.pid;
+error_log $W/nginx.err;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  client_body_temp_path $W/ct; proxy_temp_path $W/pt; fastcgi_temp_path $W/ft; uwsgi_temp_path $W/ut; scgi_temp_path $W/st;
+  server { listen 127.0.0.1:$UP; location / { return 200 "ok\n"; } }
+}
+EOF
+nginx -c "$W/nginx.conf" -p "$W" &
+NGINX_PID=$!
+cat > "$W/gk.toml" <<EOF
+listen = ["127.0.0.1:$GK"]
+[upstream]
+url = "http://127.0.0.1:$UP"
+[maintenance]
+toggle = "$W/toggle/maintenance-mode-on"
+[log]
+access = false
+level = "warn"
+EOF
+cat > "$W/client.py" <<'EOF'
+import http.client, sys
+port, n = int(sys.argv[1]), int(sys.argv[2])
+c = http.client.HTTPConnection("127.0.0.1", port)
+for _ in range(n):
+    c.request("GET", "/", headers={"User-Agent": "callgrind", "Accept": "*/*"})
+    c.getresponse().read()
+EOF
+
+# count LABEL N: total instructions of a whole gatekeeper run serving N requests
+count() {
+    local label=$1 n=$2 out="$W/out/cg.$1.$2"
+    valgrind --tool=callgrind --dump-instr=no --callgrind-out-file="$out" "$BIN" run -c "$W/gk.toml" 2>/dev/null &
+    local vp=$!
+    for _ in $(seq 1 200); do
+        curl -s -o /dev/null "http://127.0.0.1:$GK/" 2>/dev/null && break
+        sleep 0.2
+    done
+    python3 "$W/client.py" "$GK" "$n"
+    kill "$vp"
+    wait "$vp" 2>/dev/null || true
+    # No early exit in awk: callgrind_annotate would die of SIGPIPE (and pipefail stop us).
+    callgrind_annotate "$out" 2>/dev/null | awk '/PROGRAM TOTALS/ && !done { gsub(",", "", $1); print $1; done = 1 }'
+}
+
+per_request() {
+    local label=$1 a b
+    a=$(count "$label" "$N1")
+    b=$(count "$label" "$N2")
+    echo "$label: $(( (b - a) / (N2 - N1) )) instructions per request ($N1 requests: $a, $N2 requests: $b)"
+}
+
+rm -f "$W/toggle/maintenance-mode-on"
+per_request proxied
+touch "$W/toggle/maintenance-mode-on"
+per_request maintenance-page
