@@ -22,7 +22,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::UnixStream;
 
 use crate::buffer;
-use crate::client_ip::{format_chain, Resolved};
+use crate::client_ip::{format_chain_into, Resolved};
 use crate::config::{Config, Upstream, UpstreamTarget};
 use crate::hop;
 use crate::page;
@@ -73,109 +73,153 @@ impl tower_service::Service<Uri> for UnixConnector {
     }
 }
 
-/// A pooled client for the configured upstream. Cheap to clone (shares the pool).
+/// How long an idle upstream connection is kept for reuse.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Idle upstream connections kept per worker thread.
+const POOL_MAX_IDLE: usize = 1024;
+
+/// The client for the configured upstream. Cheap to clone. HTTP/1.1 upstreams
+/// (TCP or Unix) use a pool of this worker thread's own (see [`LOCAL`]); h2c
+/// upstreams one multiplexed connection through hyper-util's client.
 #[derive(Clone)]
-pub enum UpstreamClient {
+pub struct UpstreamClient {
+    /// Which pool answers for this client: a reload that changes the upstream
+    /// starts a new pool, and connections leased from the old one are not returned to it.
+    id: u64,
+    kind: Kind,
+}
+
+#[derive(Clone)]
+enum Kind {
     Tcp {
-        client: Client<HttpConnector, Body>,
         authority: http::uri::Authority,
         connector: HttpConnector,
-        h2: bool,
     },
     Unix {
-        client: Client<UnixConnector, Body>,
         connector: UnixConnector,
     },
+    H2c {
+        client: Box<Client<HttpConnector, Body>>,
+        authority: http::uri::Authority,
+    },
+}
+
+/// A connection lent out for one exchange, returned to its worker's pool when
+/// the response has been read to the end.
+pub struct Lease {
+    sender: hyper::client::conn::http1::SendRequest<Body>,
+    pool: u64,
 }
 
 impl UpstreamClient {
     pub fn new(cfg: &Upstream) -> UpstreamClient {
-        let mut builder = Client::builder(TokioExecutor::new());
-        builder
-            .pool_idle_timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(1024);
-        match &cfg.target {
-            UpstreamTarget::Http(authority) | UpstreamTarget::H2c(authority) => {
-                if matches!(cfg.target, UpstreamTarget::H2c(_)) {
-                    builder.http2_only(true);
-                }
-                let mut conn = HttpConnector::new();
-                conn.set_nodelay(true);
-                conn.set_connect_timeout(Some(cfg.connect_timeout));
-                UpstreamClient::Tcp {
-                    client: builder.build(conn.clone()),
+        static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let id = NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let http_connector = || {
+            let mut conn = HttpConnector::new();
+            conn.set_nodelay(true);
+            conn.set_connect_timeout(Some(cfg.connect_timeout));
+            conn
+        };
+        let kind = match &cfg.target {
+            UpstreamTarget::Http(authority) => Kind::Tcp {
+                authority: authority.clone(),
+                connector: http_connector(),
+            },
+            UpstreamTarget::H2c(authority) => {
+                let mut builder = Client::builder(TokioExecutor::new());
+                builder.pool_idle_timeout(POOL_IDLE_TIMEOUT).http2_only(true);
+                Kind::H2c {
+                    client: Box::new(builder.build(http_connector())),
                     authority: authority.clone(),
-                    connector: conn,
-                    h2: matches!(cfg.target, UpstreamTarget::H2c(_)),
                 }
             }
-            UpstreamTarget::Unix(path) => {
-                let connector = UnixConnector {
+            UpstreamTarget::Unix(path) => Kind::Unix {
+                connector: UnixConnector {
                     path: Arc::new(path.clone()),
                     timeout: cfg.connect_timeout,
-                };
-                UpstreamClient::Unix {
-                    client: builder.build(connector.clone()),
-                    connector,
-                }
-            }
-        }
+                },
+            },
+        };
+        UpstreamClient { id, kind }
     }
 
-    /// The upstream URI for a request target, built from parts (no re-parse of the target).
+    /// The upstream URI for a request target. HTTP/1.1 connections are our
+    /// own, so the target stays in origin form (as it goes on the wire); the
+    /// h2c client wants the absolute form for its `:authority`.
     fn uri(&self, path_and_query: Option<&http::uri::PathAndQuery>) -> Result<Uri, http::Error> {
-        let authority = match self {
-            UpstreamClient::Tcp { authority, .. } => authority.clone(),
-            UpstreamClient::Unix { .. } => http::uri::Authority::from_static("localhost"),
-        };
         let pq = path_and_query
             .cloned()
             .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
-        Uri::builder()
-            .scheme("http")
-            .authority(authority)
-            .path_and_query(pq)
-            .build()
-    }
-
-    async fn send(&self, req: Request<Body>) -> Result<Response<Incoming>, hyper_util::client::legacy::Error> {
-        match self {
-            UpstreamClient::Tcp { client, .. } => client.request(req).await,
-            UpstreamClient::Unix { client, .. } => client.request(req).await,
+        match &self.kind {
+            Kind::H2c { authority, .. } => Uri::builder()
+                .scheme("http")
+                .authority(authority.clone())
+                .path_and_query(pq)
+                .build(),
+            _ => Ok(Uri::from(pq)),
         }
     }
 
-    /// Sends on a new connection of its own, outside the pool: it cannot have
-    /// gone stale. HTTP/1.1 only; `None` for h2c upstreams (multiplexed, not
-    /// closed under a request the way idle HTTP/1.1 connections are).
-    async fn send_fresh(&self, mut req: Request<Body>) -> Option<Result<Response<Incoming>, BoxError>> {
-        // The pool's own connector (connect timeout, TCP_NODELAY), without the pool.
-        let target = req.uri().clone();
-        let io = match self {
-            UpstreamClient::Tcp { h2: true, .. } => return None,
-            UpstreamClient::Tcp { connector, .. } => tower_service::Service::call(&mut connector.clone(), target)
-                .await
-                .map(|io| Box::new(io) as Box<dyn FreshIo>)
-                .map_err(BoxError::from),
-            UpstreamClient::Unix { connector, .. } => tower_service::Service::call(&mut connector.clone(), target)
-                .await
-                .map(|io| Box::new(io) as Box<dyn FreshIo>)
-                .map_err(BoxError::from),
+    /// The Host for a request that came without one.
+    fn default_host(&self) -> Option<HeaderValue> {
+        match &self.kind {
+            Kind::Tcp { authority, .. } | Kind::H2c { authority, .. } => HeaderValue::from_str(authority.as_str()).ok(),
+            Kind::Unix { .. } => Some(HeaderValue::from_static("localhost")),
+        }
+    }
+
+    /// Sends `req`, on an idle pooled connection when there is one. Returns the
+    /// answer with the lease to hand back when its body is read (HTTP/1.1),
+    /// and whether the connection had served before (only those can be stale).
+    async fn send(&self, req: Request<Body>) -> (Result<(Response<Incoming>, Option<Lease>), BoxError>, bool) {
+        if let Kind::H2c { client, .. } = &self.kind {
+            return (
+                client.request(req).await.map(|r| (r, None)).map_err(BoxError::from),
+                false,
+            );
+        }
+        let (mut sender, reused) = match checkout(self.id) {
+            Some(s) => (s, true),
+            None => match self.connect().await {
+                Ok(s) => (s, false),
+                Err(e) => return (Err(e), false),
+            },
         };
-        // A bare connection sends the target as given: origin-form, as the pooled client does.
-        if let Some(pq) = req.uri().path_and_query().cloned() {
-            *req.uri_mut() = Uri::from(pq);
-        }
-        Some(
-            async {
-                let (mut sender, conn) = hyper::client::conn::http1::handshake(io?).await?;
-                tokio::spawn(async move {
-                    let _ = conn.with_upgrades().await;
-                });
-                Ok(sender.send_request(req).await?)
+        let resp = sender.send_request(req).await.map_err(BoxError::from);
+        (resp.map(|r| (r, Some(Lease { sender, pool: self.id }))), reused)
+    }
+
+    /// Sends on a new connection: it cannot have gone stale.
+    async fn send_fresh(&self, req: Request<Body>) -> Result<(Response<Incoming>, Option<Lease>), BoxError> {
+        let mut sender = self.connect().await?;
+        let resp = sender.send_request(req).await?;
+        Ok((resp, Some(Lease { sender, pool: self.id })))
+    }
+
+    /// A new HTTP/1.1 connection, driven by a task on this worker.
+    async fn connect(&self) -> Result<hyper::client::conn::http1::SendRequest<Body>, BoxError> {
+        let io: Box<dyn FreshIo> = match &self.kind {
+            Kind::Tcp { authority, connector } => {
+                let target = Uri::builder()
+                    .scheme("http")
+                    .authority(authority.clone())
+                    .path_and_query("/")
+                    .build()?;
+                Box::new(tower_service::Service::call(&mut connector.clone(), target).await?)
             }
-            .await,
-        )
+            Kind::Unix { connector } => {
+                Box::new(tower_service::Service::call(&mut connector.clone(), Uri::from_static("/")).await?)
+            }
+            Kind::H2c { .. } => return Err("h2c upstreams use the multiplexed client".into()),
+        };
+        let (sender, conn) = hyper::client::conn::http1::handshake(io).await?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!(error = %e, "upstream connection ended with an error");
+            }
+        });
+        Ok(sender)
     }
 }
 
@@ -183,13 +227,19 @@ impl UpstreamClient {
 trait FreshIo: hyper::rt::Read + hyper::rt::Write + Send + Unpin + 'static {}
 impl<T: hyper::rt::Read + hyper::rt::Write + Send + Unpin + 'static> FreshIo for T {}
 
+/// This worker thread's client and idle upstream connections. Each worker is a
+/// single-threaded runtime; a pool of its own keeps a request and its upstream
+/// connection on one thread (no locks, no cross-thread wake-ups), as nginx
+/// workers do.
+struct Local {
+    target: (UpstreamTarget, Duration),
+    client: UpstreamClient,
+    /// Most recently used last: reuse takes the warmest connection.
+    idle: Vec<(hyper::client::conn::http1::SendRequest<Body>, std::time::Instant)>,
+}
+
 thread_local! {
-    /// This worker thread's pool for the current upstream. Each worker is a
-    /// single-threaded runtime; a pool of its own keeps a request and its
-    /// upstream connection on one thread (no cross-thread wake-ups), as nginx
-    /// workers do.
-    static LOCAL: std::cell::RefCell<Option<((UpstreamTarget, Duration), UpstreamClient)>> =
-        const { std::cell::RefCell::new(None) };
+    static LOCAL: std::cell::RefCell<Option<Local>> = const { std::cell::RefCell::new(None) };
 }
 
 /// The calling thread's client for `cfg`, created on first use or when the
@@ -198,16 +248,100 @@ pub fn local_client(cfg: &Upstream) -> UpstreamClient {
     LOCAL.with(|cell| {
         let mut slot = cell.borrow_mut();
         match &*slot {
-            Some(((target, connect), client)) if *target == cfg.target && *connect == cfg.connect_timeout => {
-                client.clone()
-            }
+            Some(l) if l.target.0 == cfg.target && l.target.1 == cfg.connect_timeout => l.client.clone(),
             _ => {
                 let client = UpstreamClient::new(cfg);
-                *slot = Some(((cfg.target.clone(), cfg.connect_timeout), client.clone()));
+                *slot = Some(Local {
+                    target: (cfg.target.clone(), cfg.connect_timeout),
+                    client: client.clone(),
+                    idle: Vec::new(),
+                });
                 client
             }
         }
     })
+}
+
+/// An idle connection of pool `id` that can take a request now.
+fn checkout(id: u64) -> Option<hyper::client::conn::http1::SendRequest<Body>> {
+    LOCAL
+        .try_with(|cell| {
+            let mut slot = cell.borrow_mut();
+            let local = slot.as_mut().filter(|l| l.client.id == id)?;
+            while let Some((sender, since)) = local.idle.pop() {
+                // A connection the upstream closed has ended its task: not ready.
+                if sender.is_ready() && since.elapsed() < POOL_IDLE_TIMEOUT {
+                    return Some(sender);
+                }
+            }
+            None
+        })
+        .ok()
+        .flatten()
+}
+
+impl Lease {
+    /// Back to the pool, if the connection can take another request and its
+    /// pool is still this thread's current one; otherwise it closes.
+    fn release(self) {
+        if !self.sender.is_ready() {
+            return;
+        }
+        let _ = LOCAL.try_with(|cell| {
+            if let Ok(mut slot) = cell.try_borrow_mut() {
+                if let Some(local) = slot.as_mut().filter(|l| l.client.id == self.pool) {
+                    if local.idle.len() >= POOL_MAX_IDLE {
+                        local.idle.remove(0);
+                    }
+                    local.idle.push((self.sender, std::time::Instant::now()));
+                }
+            }
+        });
+    }
+}
+
+/// A response body that returns its connection to the pool once read to the end.
+struct PooledBody {
+    inner: Incoming,
+    lease: Option<Lease>,
+}
+
+impl http_body::Body for PooledBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, hyper::Error>>> {
+        let r = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(None) = r {
+            if let Some(lease) = self.lease.take() {
+                lease.release();
+            }
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for PooledBody {
+    fn drop(&mut self) {
+        // Dropped unread (HEAD, 204, 304: nothing to read) or half read (the
+        // client went away). Only a finished exchange leaves the connection reusable.
+        if let Some(lease) = self.lease.take() {
+            if self.inner.is_end_stream() {
+                lease.release();
+            }
+        }
+    }
 }
 
 /// Who sent the request, as far as the proxy needs to know.
@@ -290,7 +424,14 @@ pub async fn forward(
             .authority()
             .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
     });
+    let no_host = host.is_none();
     rewrite_request_headers(&mut parts.headers, origin, host, upgrade);
+    if no_host {
+        // HTTP/1.0 without Host: HTTP/1.1 upstreams require one; name the upstream.
+        if let Some(h) = upstream.default_host() {
+            parts.headers.insert(header::HOST, h);
+        }
+    }
     parts.uri = uri;
     // The client picks the upstream's protocol (HTTP/1.1, or h2 for h2c://).
     parts.version = http::Version::HTTP_11;
@@ -300,26 +441,25 @@ pub async fn forward(
         .then(|| (parts.method.clone(), parts.uri.clone(), parts.headers.clone()));
     let out = Request::from_parts(parts, body);
     let exchange = async {
-        let first = upstream.send(out).await;
-        match (first, &retry) {
-            (Err(e), Some((method, uri, headers))) if stale_connection(&e) => {
+        match upstream.send(out).await {
+            (Err(e), true) if retry.is_some() && stale_connection(&*e) => {
                 // nginx's way: the pooled connection had been closed under the
                 // request; resend once on a fresh connection, which cannot be stale.
-                tracing::debug!(error = %error_chain(&e), "stale upstream connection; resending on a new one");
+                tracing::debug!(error = %error_chain(&*e), "stale upstream connection; resending on a new one");
+                let Some((method, uri, headers)) = retry else {
+                    return Err(e);
+                };
                 let mut again = Request::new(empty());
-                *again.method_mut() = method.clone();
-                *again.uri_mut() = uri.clone();
-                *again.headers_mut() = headers.clone();
-                match upstream.send_fresh(again).await {
-                    Some(r) => r,
-                    None => Err(Box::new(e) as BoxError),
-                }
+                *again.method_mut() = method;
+                *again.uri_mut() = uri;
+                *again.headers_mut() = headers;
+                upstream.send_fresh(again).await
             }
-            (first, _) => first.map_err(|e| Box::new(e) as BoxError),
+            (r, _) => r,
         }
     };
 
-    let mut resp = match tokio::time::timeout(cfg.upstream.timeout, exchange).await {
+    let (mut resp, lease) = match tokio::time::timeout(cfg.upstream.timeout, exchange).await {
         Err(_) => {
             return (
                 boxed(page::error_response(StatusCode::GATEWAY_TIMEOUT)),
@@ -336,6 +476,9 @@ pub async fn forward(
         Ok(Ok(r)) => r,
     };
 
+    // The connection goes back to the pool once its answer has been read to
+    // the end; an upgraded one belongs to the relay from now on.
+    let lease = lease.filter(|_| resp.status() != StatusCode::SWITCHING_PROTOCOLS);
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         match client_upgrade {
             Some(client_side) => {
@@ -383,6 +526,7 @@ pub async fn forward(
     // A small answer of known length is already out of the app's hands (it sits in
     // socket buffers); spooling it would only add work.
     let small = resp.body().size_hint().exact().is_some_and(|n| n <= b.memory as u64);
+    let resp = resp.map(|inner| PooledBody { inner, lease });
     let resp = if no_body || unbuffered || !b.responses || small {
         resp.map(|body| body.map_err(BoxError::from).boxed())
     } else {
@@ -403,11 +547,8 @@ fn empty() -> Body {
 
 /// The upstream closed or reset the connection before any response head:
 /// the request was lost with the connection, not refused by the app.
-fn stale_connection(e: &hyper_util::client::legacy::Error) -> bool {
-    if e.is_connect() {
-        return false;
-    }
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+fn stale_connection(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
     while let Some(c) = cur {
         if let Some(h) = c.downcast_ref::<hyper::Error>() {
             if h.is_incomplete_message() || h.is_canceled() || h.is_closed() {
@@ -456,16 +597,26 @@ fn rewrite_request_headers(h: &mut http::HeaderMap, origin: &Origin<'_>, host: O
         h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     }
     // SECURITY: address headers from the client are replaced, never extended:
-    // the upstream sees only what gatekeeper verified.
-    h.remove(&X_REAL_IP);
-    h.remove(&FORWARDED);
-    h.remove(&X_FORWARDED_FOR);
-    if let Some(client) = origin.resolved.client {
-        if let Ok(v) = HeaderValue::from_str(&client.to_string()) {
-            h.insert(X_REAL_IP.clone(), v);
+    // the upstream sees only what gatekeeper verified. (`insert` replaces every
+    // value the client sent; a removal costs a lookup, so only when needed.)
+    let mut text = String::with_capacity(64);
+    match origin.resolved.client {
+        Some(client) => {
+            crate::client_ip::push_ip(&mut text, client);
+            if let Ok(v) = HeaderValue::from_str(&text) {
+                h.insert(X_REAL_IP.clone(), v);
+            }
+        }
+        None => {
+            h.remove(&X_REAL_IP);
         }
     }
-    if let Ok(v) = HeaderValue::from_str(&format_chain(&origin.resolved.chain)) {
+    if h.contains_key(&FORWARDED) {
+        h.remove(&FORWARDED);
+    }
+    text.clear();
+    format_chain_into(&mut text, &origin.resolved.chain);
+    if let Ok(v) = HeaderValue::from_str(&text) {
         h.insert(X_FORWARDED_FOR.clone(), v);
     }
     // A trusted proxy in front (a TLS-terminating balancer) knows the original
@@ -475,9 +626,13 @@ fn rewrite_request_headers(h: &mut http::HeaderMap, origin: &Origin<'_>, host: O
         h.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
     }
     if !origin.peer_trusted || !h.contains_key(&X_FORWARDED_HOST) {
-        h.remove(&X_FORWARDED_HOST);
-        if let Some(host) = &host {
-            h.insert(X_FORWARDED_HOST.clone(), host.clone());
+        match &host {
+            Some(host) => {
+                h.insert(X_FORWARDED_HOST.clone(), host.clone());
+            }
+            None => {
+                h.remove(&X_FORWARDED_HOST);
+            }
         }
     }
     if let Some(host) = host {

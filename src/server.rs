@@ -242,7 +242,9 @@ pub async fn handle(req: Request<Incoming>, peer: SocketAddr, state: &State, htt
                 https,
             };
             let client = proxy::local_client(&cfg.upstream);
-            let (r, o) = proxy::forward(&client, cfg, req, &origin, bypass).await;
+            // Boxed: hyper keeps a slot the size of this future for every
+            // connection, idle ones included; the forwarding state is large.
+            let (r, o) = Box::pin(proxy::forward(&client, cfg, req, &origin, bypass)).await;
             (r, Some(o))
         }
     };
