@@ -98,10 +98,17 @@ pub async fn accept_loop(
         let state = state.clone();
         let shutdown = shutdown.clone();
         let tls = tls.clone();
-        tracker.spawn(async move {
-            match tls {
-                None => serve_connection(stream, peer, state, shutdown, false).await,
-                Some(acceptor) => {
+        // Two spawns, not one future with two arms: a task is as large as its
+        // future, and every plain connection would carry the TLS arm's size.
+        match tls {
+            None => {
+                tracker.spawn(async move {
+                    serve_connection(stream, peer, state, shutdown, false).await;
+                    drop(permit);
+                });
+            }
+            Some(acceptor) => {
+                tracker.spawn(async move {
                     // The handshake counts against the header timeout: a silent client is dropped.
                     let limit = state.snapshot().rt.config.server.header_timeout;
                     match tokio::time::timeout(limit, acceptor.accept(stream)).await {
@@ -109,10 +116,10 @@ pub async fn accept_loop(
                         Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                     }
-                }
+                    drop(permit);
+                });
             }
-            drop(permit);
-        });
+        }
     }
 }
 
