@@ -118,12 +118,29 @@ where
     let mut mem = BytesMut::new();
     let mut file: Option<(tokio::fs::File, File)> = None;
     let mut total: u64 = 0;
+    // One timer for the whole body, moved on only when it fires: a slow client
+    // trickling bytes would otherwise cost a timer registration per chunk.
+    let mut last_progress = tokio::time::Instant::now();
+    let deadline = tokio::time::sleep(idle);
+    tokio::pin!(deadline);
     loop {
-        let frame = match tokio::time::timeout(idle, body.frame()).await {
-            Err(_) => return Err(RequestBodyError::Timeout(idle)),
-            Ok(None) => break,
-            Ok(Some(Err(e))) => return Err(RequestBodyError::Client(e.into())),
-            Ok(Some(Ok(f))) => f,
+        let next = tokio::select! {
+            biased;
+            f = body.frame() => f,
+            () = &mut deadline => {
+                let due = last_progress + idle;
+                if tokio::time::Instant::now() >= due {
+                    return Err(RequestBodyError::Timeout(idle));
+                }
+                deadline.as_mut().reset(due);
+                continue;
+            }
+        };
+        last_progress = tokio::time::Instant::now();
+        let frame = match next {
+            None => break,
+            Some(Err(e)) => return Err(RequestBodyError::Client(e.into())),
+            Some(Ok(f)) => f,
         };
         let Ok(data) = frame.into_data() else { continue }; // trailers are not forwarded
         total += data.len() as u64;
