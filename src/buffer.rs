@@ -25,8 +25,13 @@ use tokio::io::AsyncWriteExt;
 
 use crate::proxy::{Body, BoxError};
 
-/// Read size when streaming a spooled file back out.
+/// Read size when streaming a spooled request body to the (fast) upstream.
 const CHUNK: usize = 64 << 10;
+/// Read size when streaming a spooled response to a client. hyper queues what
+/// it pulls until the socket takes it (up to `server.max_header_size`), so for
+/// a slow reader every read is held in memory beside the spool's own share:
+/// small reads keep that extra small (nginx reads its temp file in 8 KiB buffers).
+const RESPONSE_CHUNK: usize = 16 << 10;
 
 /// Where temporary files go: `buffering.dir`, else $TMPDIR, else /tmp.
 pub fn temp_dir(configured: Option<&Path>) -> PathBuf {
@@ -221,7 +226,9 @@ impl HttpBody for SpoolBody {
         }
         if s.read_pos < s.write_pos {
             if let Some(f) = &s.file {
-                let n = usize::try_from(s.write_pos - s.read_pos).unwrap_or(CHUNK).min(CHUNK);
+                let n = usize::try_from(s.write_pos - s.read_pos)
+                    .unwrap_or(RESPONSE_CHUNK)
+                    .min(RESPONSE_CHUNK);
                 let mut buf = vec![0u8; n];
                 return match f.read_exact_at(&mut buf, s.read_pos) {
                     Ok(()) => {
@@ -357,7 +364,10 @@ fn place(s: &mut SpoolState, data: Bytes, memory: usize, dir: &Path) -> io::Resu
     let file_pending = s.read_pos < s.write_pos;
     if !file_pending && s.mem_bytes + data.len() <= memory {
         s.mem_bytes += data.len();
-        s.mem.push_back(data);
+        // A copy: the chunk is a slice of the upstream connection's read buffer,
+        // and holding it would keep that whole buffer (up to ~400 KiB) alive for
+        // as long as the client takes to read the chunk.
+        s.mem.push_back(Bytes::copy_from_slice(&data));
         return Ok(Placed::Memory);
     }
     let file = match &s.file {

@@ -593,6 +593,8 @@ fn request_body_error(e: &buffer::RequestBodyError) -> Response<Body> {
 
 fn rewrite_request_headers(h: &mut http::HeaderMap, origin: &Origin<'_>, host: Option<HeaderValue>, upgrade: bool) {
     hop::strip(h, upgrade);
+    // Room for the headers added below at once, rather than a regrowth midway.
+    h.reserve(4);
     if upgrade {
         h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     }
