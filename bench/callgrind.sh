@@ -93,3 +93,58 @@ rm -f "$W/toggle/maintenance-mode-on"
 per_request proxied
 touch "$W/toggle/maintenance-mode-on"
 per_request maintenance-page
+
+# nginx in gatekeeper's place, counted the same way: proxy_pass with upstream
+# keepalive, and the same 503 page through an open-file cache (as in
+# bench/run.sh), in one process (master_process off).
+mkdir -p "$W/ngx"
+# ngx_conf FILE SERVER_BODY: one config per job, so neither pays for the other.
+ngx_conf() {
+    cat > "$1" <<EOF
+worker_processes 1;
+master_process off;
+daemon off;
+pid $W/ngx/nginx.pid;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  client_body_temp_path $W/ct; proxy_temp_path $W/pt; fastcgi_temp_path $W/ft; uwsgi_temp_path $W/ut; scgi_temp_path $W/st;
+  types { text/html html; }
+  upstream app { server 127.0.0.1:$UP; keepalive 64; }
+  open_file_cache max=64 inactive=60s;
+  open_file_cache_valid 60s;
+  server {
+    listen 127.0.0.1:$GK;
+$2
+  }
+}
+EOF
+}
+ngx_conf "$W/ngx/proxied.conf" '    location / { proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection ""; }'
+ngx_conf "$W/ngx/maintenance-page.conf" "    root $PWD/static;
+    error_page 503 /index.html;
+    location = /index.html { internal; add_header Retry-After 600 always; add_header Cache-Control no-store always; }
+    location / { return 503; }"
+ngx_count() {
+    local label=$1 n=$2 out="$W/out/cg.nginx.$1.$2"
+    valgrind --tool=callgrind --dump-instr=no --callgrind-out-file="$out" \
+        nginx -c "$W/ngx/$label.conf" -p "$W/ngx" -e "$W/ngx/error.log" 2>/dev/null &
+    local vp=$!
+    for _ in $(seq 1 200); do
+        curl -s -o /dev/null "http://127.0.0.1:$GK/" 2>/dev/null && break
+        sleep 0.2
+    done
+    python3 "$W/client.py" "$GK" "$n"
+    kill -QUIT "$vp" # graceful: callgrind writes its counts at exit
+    wait "$vp" 2>/dev/null || true
+    callgrind_annotate "$out" 2>/dev/null | awk '/PROGRAM TOTALS/ && !done { gsub(",", "", $1); print $1; done = 1 }'
+}
+ngx_per_request() {
+    local label=$1 a b
+    a=$(ngx_count "$label" "$N1")
+    b=$(ngx_count "$label" "$N2")
+    echo "nginx $label: $(( (b - a) / (N2 - N1) )) instructions per request ($N1 requests: $a, $N2 requests: $b)"
+}
+ngx_per_request proxied
+ngx_per_request maintenance-page
