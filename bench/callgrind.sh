@@ -66,33 +66,38 @@ for _ in range(n):
     c.getresponse().read()
 EOF
 
-# count LABEL N: total instructions of a whole gatekeeper run serving N requests
+# count SERVER LABEL N: total instructions of a whole run of SERVER (gatekeeper
+# or nginx) serving N requests
 count() {
-    local label=$1 n=$2 out="$W/out/cg.$1.$2"
-    valgrind --tool=callgrind --dump-instr=no --callgrind-out-file="$out" "$BIN" run -c "$W/gk.toml" 2>/dev/null &
+    local server=$1 label=$2 n=$3 out="$W/out/cg.$1.$2.$3" stop=TERM
+    local cmd=("$BIN" run -c "$W/gk.toml")
+    # nginx stops gracefully on QUIT; callgrind writes its counts at exit.
+    [ "$server" = nginx ] && cmd=(nginx -c "$W/ngx/$label.conf" -p "$W/ngx" -e "$W/ngx/error.log") stop=QUIT
+    valgrind --tool=callgrind --dump-instr=no --callgrind-out-file="$out" "${cmd[@]}" 2>/dev/null &
     local vp=$!
     for _ in $(seq 1 200); do
         curl -s -o /dev/null "http://127.0.0.1:$GK/" 2>/dev/null && break
         sleep 0.2
     done
     python3 "$W/client.py" "$GK" "$n"
-    kill "$vp"
+    kill -"$stop" "$vp"
     wait "$vp" 2>/dev/null || true
     # No early exit in awk: callgrind_annotate would die of SIGPIPE (and pipefail stop us).
     callgrind_annotate "$out" 2>/dev/null | awk '/PROGRAM TOTALS/ && !done { gsub(",", "", $1); print $1; done = 1 }'
 }
 
+# per_request SERVER LABEL
 per_request() {
-    local label=$1 a b
-    a=$(count "$label" "$N1")
-    b=$(count "$label" "$N2")
-    echo "$label: $(( (b - a) / (N2 - N1) )) instructions per request ($N1 requests: $a, $N2 requests: $b)"
+    local a b
+    a=$(count "$1" "$2" "$N1")
+    b=$(count "$1" "$2" "$N2")
+    echo "$1 $2: $(( (b - a) / (N2 - N1) )) instructions per request ($N1 requests: $a, $N2 requests: $b)"
 }
 
 rm -f "$W/toggle/maintenance-mode-on"
-per_request proxied
+per_request gatekeeper proxied
 touch "$W/toggle/maintenance-mode-on"
-per_request maintenance-page
+per_request gatekeeper maintenance-page
 
 # nginx in gatekeeper's place, counted the same way: proxy_pass with upstream
 # keepalive, and the same 503 page through an open-file cache (as in
@@ -126,25 +131,5 @@ ngx_conf "$W/ngx/maintenance-page.conf" "    root $PWD/static;
     error_page 503 /index.html;
     location = /index.html { internal; add_header Retry-After 600 always; add_header Cache-Control no-store always; }
     location / { return 503; }"
-ngx_count() {
-    local label=$1 n=$2 out="$W/out/cg.nginx.$1.$2"
-    valgrind --tool=callgrind --dump-instr=no --callgrind-out-file="$out" \
-        nginx -c "$W/ngx/$label.conf" -p "$W/ngx" -e "$W/ngx/error.log" 2>/dev/null &
-    local vp=$!
-    for _ in $(seq 1 200); do
-        curl -s -o /dev/null "http://127.0.0.1:$GK/" 2>/dev/null && break
-        sleep 0.2
-    done
-    python3 "$W/client.py" "$GK" "$n"
-    kill -QUIT "$vp" # graceful: callgrind writes its counts at exit
-    wait "$vp" 2>/dev/null || true
-    callgrind_annotate "$out" 2>/dev/null | awk '/PROGRAM TOTALS/ && !done { gsub(",", "", $1); print $1; done = 1 }'
-}
-ngx_per_request() {
-    local label=$1 a b
-    a=$(ngx_count "$label" "$N1")
-    b=$(ngx_count "$label" "$N2")
-    echo "nginx $label: $(( (b - a) / (N2 - N1) )) instructions per request ($N1 requests: $a, $N2 requests: $b)"
-}
-ngx_per_request proxied
-ngx_per_request maintenance-page
+per_request nginx proxied
+per_request nginx maintenance-page
