@@ -183,8 +183,13 @@ where
 
 #[derive(Default)]
 struct SpoolState {
+    /// `buffering.memory`: the most of this answer held in RAM at once.
+    memory: usize,
     mem: VecDeque<Bytes>,
     mem_bytes: usize,
+    /// Handed to the client's connection and not yet written to its socket
+    /// (hyper queues what it pulls): still in RAM, so it counts against `memory`.
+    in_flight: usize,
     file: Option<Arc<File>>,
     write_pos: u64,
     /// A write to the file is under way (off the runtime): the file must not be reset meanwhile.
@@ -222,13 +227,21 @@ impl HttpBody for SpoolBody {
         let s = &mut *guard;
         if let Some(b) = s.mem.pop_front() {
             s.mem_bytes -= b.len();
-            return Poll::Ready(Some(Ok(Frame::data(b))));
+            s.in_flight += b.len();
+            return Poll::Ready(Some(Ok(Frame::data(tracked(b, &self.state)))));
         }
         if s.read_pos < s.write_pos {
             if let Some(f) = &s.file {
                 let n = usize::try_from(s.write_pos - s.read_pos)
                     .unwrap_or(RESPONSE_CHUNK)
-                    .min(RESPONSE_CHUNK);
+                    .min(RESPONSE_CHUNK)
+                    .min(s.memory.max(1));
+                if s.in_flight > 0 && s.in_flight + n > s.memory {
+                    // The client has not taken what it already has: wait until it
+                    // does (dropping a written chunk wakes us) rather than read on.
+                    s.waker = Some(cx.waker().clone());
+                    return Poll::Pending;
+                }
                 let mut buf = vec![0u8; n];
                 return match f.read_exact_at(&mut buf, s.read_pos) {
                     Ok(()) => {
@@ -239,7 +252,8 @@ impl HttpBody for SpoolBody {
                             s.write_pos = 0;
                             let _ = f.set_len(0);
                         }
-                        Poll::Ready(Some(Ok(Frame::data(Bytes::from(buf)))))
+                        s.in_flight += n;
+                        Poll::Ready(Some(Ok(Frame::data(tracked(Bytes::from(buf), &self.state)))))
                     }
                     Err(e) => Poll::Ready(Some(Err(e.into()))),
                 };
@@ -267,6 +281,37 @@ impl HttpBody for SpoolBody {
     }
 }
 
+/// A chunk handed to the client's connection: when the connection drops it
+/// (written out, or the connection gone), it no longer counts as in flight.
+struct InFlight {
+    data: Bytes,
+    state: Arc<Mutex<SpoolState>>,
+}
+
+impl AsRef<[u8]> for InFlight {
+    fn as_ref(&self) -> &[u8] {
+        &self.data
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if let Ok(mut s) = self.state.lock() {
+            s.in_flight -= self.data.len();
+            if let Some(w) = s.waker.take() {
+                w.wake();
+            }
+        }
+    }
+}
+
+fn tracked(data: Bytes, state: &Arc<Mutex<SpoolState>>) -> Bytes {
+    Bytes::from_owner(InFlight {
+        data,
+        state: state.clone(),
+    })
+}
+
 /// Reads `upstream` as fast as it comes in a task of its own and returns the
 /// body the client reads from; what the client has not taken yet waits in
 /// memory (up to `memory`), then in an unlinked temporary file in `dir`.
@@ -276,7 +321,10 @@ where
     B::Error: Into<BoxError>,
 {
     let hint = upstream.size_hint();
-    let state = Arc::new(Mutex::new(SpoolState::default()));
+    let state = Arc::new(Mutex::new(SpoolState {
+        memory,
+        ..SpoolState::default()
+    }));
     let body = SpoolBody {
         state: state.clone(),
         hint,
@@ -362,7 +410,7 @@ enum Placed {
 fn place(s: &mut SpoolState, data: Bytes, memory: usize, dir: &Path) -> io::Result<Placed> {
     // Order matters: once bytes wait in the file, later bytes go behind them.
     let file_pending = s.read_pos < s.write_pos;
-    if !file_pending && s.mem_bytes + data.len() <= memory {
+    if !file_pending && s.mem_bytes + s.in_flight + data.len() <= memory {
         s.mem_bytes += data.len();
         // A copy: the chunk is a slice of the upstream connection's read buffer,
         // and holding it would keep that whole buffer (up to ~400 KiB) alive for
@@ -410,11 +458,16 @@ mod tests {
         ))
     }
 
-    async fn collect(b: Body) -> Vec<u8> {
-        match b.collect().await {
-            Ok(c) => c.to_bytes().to_vec(),
-            Err(e) => panic!("{e}"),
+    /// Reads a body as a connection does: each chunk is let go once "written".
+    async fn collect(mut b: Body) -> Vec<u8> {
+        let mut out = Vec::new();
+        while let Some(frame) = b.frame().await {
+            match frame {
+                Ok(f) => out.extend_from_slice(f.data_ref().map_or(&[][..], |d| &d[..])),
+                Err(e) => panic!("{e}"),
+            }
         }
+        out
     }
 
     #[tokio::test]
@@ -473,7 +526,10 @@ mod tests {
     async fn spool_keeps_order_across_memory_and_file() {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         // The filler runs ahead of the reader: two parts fit in memory, the rest waits in the file.
-        let mut s = SpoolState::default();
+        let mut s = SpoolState {
+            memory: 6,
+            ..SpoolState::default()
+        };
         for p in [&b"aaa"[..], b"bbb", b"cccc", b"dddd", b"ee"] {
             push(&mut s, Bytes::from_static(p), 6, dir.path()).unwrap_or_else(|e| panic!("{e}"));
         }
@@ -487,6 +543,38 @@ mod tests {
         let parts: Vec<&'static [u8]> = vec![b"aaaa", b"bbbb", b"cccc", b"dddd", b"ee"];
         let body = spool_response(chunks(parts), 6, dir.path().to_path_buf());
         assert_eq!(collect(body).await, b"aaaabbbbccccddddee");
+    }
+
+    #[tokio::test]
+    async fn a_reader_that_holds_its_chunks_gets_no_more_than_memory() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let parts: Vec<&'static [u8]> = vec![b"aaaa", b"bbbb", b"cccc", b"dddd", b"ee"];
+        let mut body = spool_response(chunks(parts), 6, dir.path().to_path_buf());
+        // A client socket that takes nothing: the chunks pile up unwritten.
+        let mut held = Vec::new();
+        let mut pending = false;
+        for _ in 0..10 {
+            match tokio::time::timeout(Duration::from_millis(100), body.frame()).await {
+                Ok(Some(Ok(f))) => held.push(f),
+                Ok(other) => panic!("unexpected {:?}", other.map(|r| r.is_ok())),
+                Err(_) => {
+                    pending = true;
+                    break;
+                }
+            }
+        }
+        let held_bytes: usize = held.iter().filter_map(|f| f.data_ref()).map(|d| d.len()).sum();
+        assert!(pending, "the spool kept handing out chunks nobody wrote");
+        assert!(held_bytes <= 6, "{held_bytes} bytes in flight, memory is 6");
+        // The socket takes them: the rest follows, in order.
+        let mut out: Vec<u8> = held
+            .iter()
+            .filter_map(|f| f.data_ref())
+            .flat_map(|d| d.to_vec())
+            .collect();
+        drop(held);
+        out.extend(collect(body).await);
+        assert_eq!(out, b"aaaabbbbccccddddee");
     }
 
     #[tokio::test]
