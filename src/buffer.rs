@@ -183,7 +183,8 @@ where
 
 #[derive(Default)]
 struct SpoolState {
-    /// `buffering.memory`: the most of this answer held in RAM at once.
+    /// `buffering.memory`: the most of this answer held in RAM at once (or one
+    /// file read, `RESPONSE_CHUNK`, when that is more).
     memory: usize,
     mem: VecDeque<Bytes>,
     mem_bytes: usize,
@@ -234,11 +235,12 @@ impl HttpBody for SpoolBody {
             if let Some(f) = &s.file {
                 let n = usize::try_from(s.write_pos - s.read_pos)
                     .unwrap_or(RESPONSE_CHUNK)
-                    .min(RESPONSE_CHUNK)
-                    .min(s.memory.max(1));
+                    .min(RESPONSE_CHUNK);
                 if s.in_flight > 0 && s.in_flight + n > s.memory {
                     // The client has not taken what it already has: wait until it
                     // does (dropping a written chunk wakes us) rather than read on.
+                    // With nothing in flight one read always goes, so a `memory`
+                    // below the read size still moves a read's worth at a time.
                     s.waker = Some(cx.waker().clone());
                     return Poll::Pending;
                 }
