@@ -27,10 +27,10 @@ use crate::proxy::{Body, BoxError};
 
 /// Read size when streaming a spooled request body to the (fast) upstream.
 const CHUNK: usize = 64 << 10;
-/// Read size when streaming a spooled response to a client. hyper queues what
-/// it pulls until the socket takes it (up to `server.max_header_size`), so for
-/// a slow reader every read is held in memory beside the spool's own share:
-/// small reads keep that extra small (nginx reads its temp file in 8 KiB buffers).
+/// Read size when streaming a spooled response to a client: what the client's
+/// connection holds unwritten counts against `buffering.memory`, so this is the
+/// step in which a slow reader's share moves (nginx reads its temp file in
+/// 8 KiB buffers).
 const RESPONSE_CHUNK: usize = 16 << 10;
 
 /// Where temporary files go: `buffering.dir`, else $TMPDIR, else /tmp.
@@ -186,7 +186,10 @@ struct SpoolState {
     /// `buffering.memory`: the most of this answer held in RAM at once (or one
     /// file read, `RESPONSE_CHUNK`, when that is more).
     memory: usize,
-    mem: VecDeque<Bytes>,
+    /// Copies, not slices of the upstream connection's read buffer: a slice
+    /// would keep that whole buffer (up to ~400 KiB) alive until the client
+    /// took it.
+    mem: VecDeque<Vec<u8>>,
     mem_bytes: usize,
     /// Handed to the client's connection and not yet written to its socket
     /// (hyper queues what it pulls): still in RAM, so it counts against `memory`.
@@ -229,7 +232,7 @@ impl HttpBody for SpoolBody {
         if let Some(b) = s.mem.pop_front() {
             s.mem_bytes -= b.len();
             s.in_flight += b.len();
-            return Poll::Ready(Some(Ok(Frame::data(tracked(b, &self.state)))));
+            return Poll::Ready(Some(Ok(Frame::data(in_flight(b, &self.state)))));
         }
         if s.read_pos < s.write_pos {
             if let Some(f) = &s.file {
@@ -255,7 +258,7 @@ impl HttpBody for SpoolBody {
                             let _ = f.set_len(0);
                         }
                         s.in_flight += n;
-                        Poll::Ready(Some(Ok(Frame::data(tracked(Bytes::from(buf), &self.state)))))
+                        Poll::Ready(Some(Ok(Frame::data(in_flight(buf, &self.state)))))
                     }
                     Err(e) => Poll::Ready(Some(Err(e.into()))),
                 };
@@ -286,7 +289,7 @@ impl HttpBody for SpoolBody {
 /// A chunk handed to the client's connection: when the connection drops it
 /// (written out, or the connection gone), it no longer counts as in flight.
 struct InFlight {
-    data: Bytes,
+    data: Vec<u8>,
     state: Arc<Mutex<SpoolState>>,
 }
 
@@ -307,7 +310,7 @@ impl Drop for InFlight {
     }
 }
 
-fn tracked(data: Bytes, state: &Arc<Mutex<SpoolState>>) -> Bytes {
+fn in_flight(data: Vec<u8>, state: &Arc<Mutex<SpoolState>>) -> Bytes {
     Bytes::from_owner(InFlight {
         data,
         state: state.clone(),
@@ -331,11 +334,11 @@ where
         state: state.clone(),
         hint,
     };
-    tokio::spawn(fill_spool(upstream, state, memory, dir));
+    tokio::spawn(fill_spool(upstream, state, dir));
     body.boxed()
 }
 
-async fn fill_spool<B>(mut upstream: B, state: Arc<Mutex<SpoolState>>, memory: usize, dir: PathBuf)
+async fn fill_spool<B>(mut upstream: B, state: Arc<Mutex<SpoolState>>, dir: PathBuf)
 where
     B: HttpBody<Data = Bytes> + Unpin,
     B::Error: Into<BoxError>,
@@ -357,7 +360,7 @@ where
                 }
                 Some(Ok(frame)) => {
                     if let Ok(data) = frame.into_data() {
-                        match place(&mut s, data, memory, &dir) {
+                        match place(&mut s, data, &dir) {
                             Ok(Placed::Memory) => {}
                             Ok(Placed::File { file, pos, data }) => write = Some((file, pos, data)),
                             Err(e) => disk_failed(&mut s, e, &dir),
@@ -409,15 +412,12 @@ enum Placed {
     },
 }
 
-fn place(s: &mut SpoolState, data: Bytes, memory: usize, dir: &Path) -> io::Result<Placed> {
+fn place(s: &mut SpoolState, data: Bytes, dir: &Path) -> io::Result<Placed> {
     // Order matters: once bytes wait in the file, later bytes go behind them.
     let file_pending = s.read_pos < s.write_pos;
-    if !file_pending && s.mem_bytes + s.in_flight + data.len() <= memory {
+    if !file_pending && s.mem_bytes + s.in_flight + data.len() <= s.memory {
         s.mem_bytes += data.len();
-        // A copy: the chunk is a slice of the upstream connection's read buffer,
-        // and holding it would keep that whole buffer (up to ~400 KiB) alive for
-        // as long as the client takes to read the chunk.
-        s.mem.push_back(Bytes::copy_from_slice(&data));
+        s.mem.push_back(data.to_vec());
         return Ok(Placed::Memory);
     }
     let file = match &s.file {
@@ -438,8 +438,8 @@ fn place(s: &mut SpoolState, data: Bytes, memory: usize, dir: &Path) -> io::Resu
 
 /// `place` and the write in one go (for tests).
 #[cfg(test)]
-fn push(s: &mut SpoolState, data: Bytes, memory: usize, dir: &Path) -> io::Result<()> {
-    if let Placed::File { file, pos, data } = place(s, data, memory, dir)? {
+fn push(s: &mut SpoolState, data: Bytes, dir: &Path) -> io::Result<()> {
+    if let Placed::File { file, pos, data } = place(s, data, dir)? {
         file.write_all_at(&data, pos)?;
         s.write_pos += data.len() as u64;
         s.writing = false;
@@ -533,7 +533,7 @@ mod tests {
             ..SpoolState::default()
         };
         for p in [&b"aaa"[..], b"bbb", b"cccc", b"dddd", b"ee"] {
-            push(&mut s, Bytes::from_static(p), 6, dir.path()).unwrap_or_else(|e| panic!("{e}"));
+            push(&mut s, Bytes::from_static(p), dir.path()).unwrap_or_else(|e| panic!("{e}"));
         }
         assert_eq!((s.mem_bytes, s.write_pos), (6, 10));
         s.done = true;

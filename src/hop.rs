@@ -4,7 +4,7 @@
 
 use http::header::{self, HeaderMap, HeaderName};
 
-/// In the bit order `strip` uses.
+/// Bit `i` of `strip`'s scan stands for `HOP_HEADERS[i]` (see [`bit`]).
 static HOP_HEADERS: [HeaderName; 8] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
@@ -15,28 +15,35 @@ static HOP_HEADERS: [HeaderName; 8] = [
     header::TRAILER,
     header::TRANSFER_ENCODING,
 ];
+/// `Upgrade`'s bit, after the table's.
+const UPGRADE_BIT: u16 = 1 << HOP_HEADERS.len();
+
+/// The scan's bit for a header name: a string match compiles to a length
+/// switch, cheaper than comparing with eight `HeaderName`s. Must follow
+/// `HOP_HEADERS` (a test checks).
+fn bit(name: &str) -> u16 {
+    match name {
+        "connection" => 1 << 0,
+        "keep-alive" => 1 << 1,
+        "proxy-connection" => 1 << 2,
+        "proxy-authenticate" => 1 << 3,
+        "proxy-authorization" => 1 << 4,
+        "te" => 1 << 5,
+        "trailer" => 1 << 6,
+        "transfer-encoding" => 1 << 7,
+        "upgrade" => UPGRADE_BIT,
+        _ => 0,
+    }
+}
 
 /// Removes hop-by-hop headers. `Upgrade` is removed too unless `keep_upgrade`
 /// (an upgrade being relayed needs it, with `Connection: upgrade` set again by the caller).
 pub fn strip(headers: &mut HeaderMap, keep_upgrade: bool) {
     // One pass over the names finds what is there: a hashed removal per
     // hop-by-hop name would cost more than the whole pass for most messages.
-    // A string match compiles to a length switch: cheaper than comparing each
-    // name against eight `HeaderName`s.
-    let mut present = 0u16;
-    for name in headers.keys() {
-        present |= match name.as_str() {
-            "connection" => 1 << 0,
-            "keep-alive" => 1 << 1,
-            "proxy-connection" => 1 << 2,
-            "proxy-authenticate" => 1 << 3,
-            "proxy-authorization" => 1 << 4,
-            "te" => 1 << 5,
-            "trailer" => 1 << 6,
-            "transfer-encoding" => 1 << 7,
-            "upgrade" if !keep_upgrade => 1 << HOP_HEADERS.len(),
-            _ => 0,
-        };
+    let mut present = headers.keys().fold(0u16, |acc, name| acc | bit(name.as_str()));
+    if keep_upgrade {
+        present &= !UPGRADE_BIT;
     }
     if present == 0 {
         return;
@@ -64,7 +71,7 @@ pub fn strip(headers: &mut HeaderMap, keep_upgrade: bool) {
             headers.remove(name);
         }
     }
-    if present & (1 << HOP_HEADERS.len()) != 0 {
+    if present & UPGRADE_BIT != 0 {
         headers.remove(header::UPGRADE);
     }
 }
@@ -123,6 +130,15 @@ mod tests {
             ("connection", "keep-alive, upgrade"),
             ("upgrade", "h2c")
         ])));
+    }
+
+    #[test]
+    fn bits_follow_the_table() {
+        for (i, name) in HOP_HEADERS.iter().enumerate() {
+            assert_eq!(bit(name.as_str()), 1 << i, "{name}");
+        }
+        assert_eq!(bit(header::UPGRADE.as_str()), UPGRADE_BIT);
+        assert_eq!(bit("x-kept"), 0);
     }
 
     /// The plain definition, a removal per name: `strip` must agree with it.
