@@ -4,7 +4,8 @@
 Opens N TCP connections to HOST:PORT in batches, sends one `GET /` on each and
 reads the whole response (so each connection is a kept-alive, idle HTTP/1.1
 connection), waits, then reads VmRSS/VmHWM of --pid and checks how many
-connections are still open. Source addresses rotate over 127.0.0.2..127.0.0.N
+connections are still open; with --reuse, then sends a second request on some
+of them (an idle connection must still serve). Source addresses rotate over 127.0.0.2..127.0.0.N
 so that no single source address runs out of ephemeral ports.
 
 Bounded: at most N connections, every socket operation has a timeout.
@@ -96,6 +97,8 @@ def main():
     ap.add_argument("--batch", type=int, default=500)
     ap.add_argument("--sources", type=int, default=40, help="spread over 127.0.0.2..127.0.0.(1+N)")
     ap.add_argument("--settle", type=float, default=1.0, help="seconds between the last connection and the RSS reading")
+    ap.add_argument("--reuse", type=int, default=0,
+                    help="after the RSS reading, send a second request on this many of the idle connections")
     ap.add_argument("--linger", type=float, default=0.0,
                     help="if > 0: count open connections again this many seconds after the last one opened")
     a = ap.parse_args()
@@ -152,6 +155,16 @@ def main():
     alive = count_alive(socks)
     after = status_kb(a.pid)
     fds = fd_count(a.pid)
+    # Idle connections must still serve: a second request on some of them.
+    reused, reused_ok = 0, 0
+    for s in socks[:: max(1, len(socks) // a.reuse)][: a.reuse] if a.reuse > 0 else []:
+        reused += 1
+        try:
+            s.sendall(req)
+            st, _ = read_response(s)
+            reused_ok += st in statuses
+        except (OSError, ValueError):
+            pass
     # How long does the server keep idle keep-alive connections? Look again later.
     lingered = None
     if a.linger > 0:
@@ -168,6 +181,8 @@ def main():
         "linger_s": a.linger,
         "alive_after_linger": lingered,
         "errors": errors,
+        "reused": reused,
+        "reused_ok": reused_ok,
         "statuses": statuses,
         "open_seconds": round(opened_s, 2),
         "rss_before_kib": before.get("VmRSS"),

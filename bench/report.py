@@ -158,6 +158,8 @@ w(f"   idle (after `ready`, no traffic): VmRSS {mib(idle_rss)} MiB")
 if idle:
     w(f"   {idle['kept_alive']} idle keep-alive connections (one GET each, opened in {idle['open_seconds']} s, {idle['alive_after_settle']} still open when read; "
       f"errors {idle['errors']}): VmRSS {mib(idle['rss_kib'])} MiB (peak VmHWM {mib(idle['hwm_kib'])} MiB, {idle['server_fds']} fds)")
+    if idle.get("reused"):
+        w(f"   then a second GET on {idle['reused']} of them: {idle['reused_ok']} answered")
     if idle.get("alive_after_linger") is not None:
         w(f"   idle keep-alive lifetime probe: {idle['alive_after_linger']} of {idle['kept_alive']} still open "
           f"{idle['linger_s']:.0f} s after they were opened (nginx keeps them keepalive_timeout = 75 s by default)")

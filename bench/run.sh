@@ -486,7 +486,7 @@ wait_ready gki "${GKPID[gki]}"
 sleep 1
 rss_sum "${GKPID[gki]}"
 echo "idle_rss_kib=$RSS_SUM" >>"$T/meta.env"
-python3 "$HERE/idle_conns.py" --port "$P_GKI" --pid "${GKPID[gki]}" -n "$IDLE_CONNS" --settle 1 --linger "$LINGER" >"$T/idle.json" ||
+python3 "$HERE/idle_conns.py" --port "$P_GKI" --pid "${GKPID[gki]}" -n "$IDLE_CONNS" --settle 1 --reuse 1000 --linger "$LINGER" >"$T/idle.json" ||
   log "idle-connections test failed"
 
 echo "load_end=$(cut -d' ' -f1-3 /proc/loadavg)" >>"$T/meta.env"

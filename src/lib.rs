@@ -35,6 +35,9 @@ pub mod logging;
 pub mod metrics;
 /// Maintenance page, assets, error pages.
 pub mod page;
+
+/// Idle keep-alive connections without hyper's buffers.
+pub mod park;
 /// Forwarding to the upstream.
 pub mod proxy;
 /// Listeners and per-request flow.

@@ -50,6 +50,7 @@ pub struct Metrics {
     pub maintenance_changed: Gauge<f64, AtomicU64>,
     pub allowlist_entries: Gauge,
     pub open_connections: Gauge,
+    pub idle_connections: Gauge,
     pub toggle_flips: Counter,
     pub fleet_connected: Gauge,
     pub fleet_revision: Gauge,
@@ -121,6 +122,7 @@ impl Metrics {
             maintenance_changed: Gauge::default(),
             allowlist_entries: Gauge::default(),
             open_connections: Gauge::default(),
+            idle_connections: Gauge::default(),
             toggle_flips: Counter::default(),
             fleet_connected: Gauge::default(),
             fleet_revision: Gauge::default(),
@@ -148,6 +150,11 @@ impl Metrics {
             "open_connections",
             "Client connections open now",
             m.open_connections.clone(),
+        );
+        registry.register(
+            "idle_connections",
+            "HTTP/1.1 keep-alive connections parked while idle, holding no HTTP buffers",
+            m.idle_connections.clone(),
         );
         registry.register(
             "fleet_connected",

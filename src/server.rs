@@ -12,7 +12,7 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -21,6 +21,7 @@ use crate::bypass;
 use crate::client_ip;
 use crate::decision::{decide, under_bypass_path, Decision, Facts};
 use crate::page;
+use crate::park;
 use crate::proxy::{self, boxed, Body, Origin};
 use crate::state::State;
 
@@ -103,7 +104,7 @@ pub async fn accept_loop(
         match tls {
             None => {
                 tracker.spawn(async move {
-                    serve_connection(stream, peer, state, shutdown, false).await;
+                    serve_plain(stream, peer, state, shutdown).await;
                     drop(permit);
                 });
             }
@@ -112,7 +113,10 @@ pub async fn accept_loop(
                     // The handshake counts against the header timeout: a silent client is dropped.
                     let limit = state.snapshot().rt.config.server.header_timeout;
                     match tokio::time::timeout(limit, acceptor.accept(stream)).await {
-                        Ok(Ok(tls_stream)) => serve_connection(tls_stream, peer, state, shutdown, true).await,
+                        Ok(Ok(tls_stream)) => {
+                            let _open = count_open(&state);
+                            serve_connection(tls_stream, peer, state.clone(), &shutdown, true, None, false).await;
+                        }
                         Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                     }
@@ -123,7 +127,63 @@ pub async fn accept_loop(
     }
 }
 
-async fn serve_connection<I>(stream: I, peer: SocketAddr, state: Arc<State>, shutdown: CancellationToken, https: bool)
+fn count_open(state: &State) -> impl Drop + '_ {
+    let open = &state.metrics.open_connections;
+    open.inc();
+    scopeguard(move || {
+        open.dec();
+    })
+}
+
+/// A plain-TCP connection: served by hyper while active, parked in between
+/// (see [`park`]) so that an idle keep-alive connection holds no HTTP buffers.
+async fn serve_plain(stream: TcpStream, peer: SocketAddr, state: Arc<State>, shutdown: CancellationToken) {
+    let _open = count_open(&state);
+    let shared = Arc::new(park::Shared::default());
+    let mut stream = stream;
+    let mut h1_only = false;
+    loop {
+        let io = park::Parkable::new(stream, shared.clone());
+        // Boxed: a parked connection's task then carries no hyper state.
+        let clean = Box::pin(serve_connection(
+            io,
+            peer,
+            state.clone(),
+            &shutdown,
+            false,
+            Some(shared.clone()),
+            h1_only,
+        ))
+        .await;
+        let parked = shared.take_parked();
+        let (true, Some(s)) = (clean, parked) else { return };
+        stream = s;
+        // Idle keep-alive is bounded by header_timeout, as before parking.
+        let limit = state.snapshot().rt.config.server.header_timeout;
+        let idle = &state.metrics.idle_connections;
+        idle.inc();
+        let woke = tokio::select! {
+            r = tokio::time::timeout(limit, stream.readable()) => matches!(r, Ok(Ok(()))),
+            _ = shutdown.cancelled() => false,
+        };
+        idle.dec();
+        if !woke {
+            return;
+        }
+        h1_only = true;
+    }
+}
+
+/// Serves `stream` until hyper is done with it; true when it ended cleanly.
+async fn serve_connection<I>(
+    stream: I,
+    peer: SocketAddr,
+    state: Arc<State>,
+    shutdown: &CancellationToken,
+    https: bool,
+    park: Option<Arc<park::Shared>>,
+    h1_only: bool,
+) -> bool
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -141,27 +201,35 @@ where
         .max_concurrent_streams(256)
         .max_header_list_size(u32::try_from(limits.max_header_size).unwrap_or(u32::MAX))
         .keep_alive_interval(Some(Duration::from_secs(30)));
-    let metrics_state = state.clone();
-    let svc = service_fn(move |req| {
+    if h1_only {
+        builder = builder.http1_only();
+    }
+    let svc = service_fn(move |req: Request<Incoming>| {
+        let guard = match &park {
+            Some(p) => p.begin(&req),
+            None => park::Guard::none(),
+        };
         let state = state.clone();
-        async move { Ok::<_, Infallible>(handle(req, peer, &state, https).await) }
+        async move {
+            let resp = handle(req, peer, &state, https).await;
+            guard.answered(&resp);
+            Ok::<_, Infallible>(resp.map(|b| park::Tracked::new(b, guard)))
+        }
     });
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
-    let open = &metrics_state.metrics.open_connections;
-    open.inc();
-    let _closed = scopeguard(|| {
-        open.dec();
-    });
     tokio::pin!(conn);
-    tokio::select! {
-        r = conn.as_mut() => {
-            if let Err(e) = r {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
-            }
-        }
+    let r = tokio::select! {
+        r = conn.as_mut() => r,
         _ = shutdown.cancelled() => {
             conn.as_mut().graceful_shutdown();
-            let _ = conn.await;
+            conn.await
+        }
+    };
+    match r {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::debug!(%peer, error = %e, "connection ended with an error");
+            false
         }
     }
 }

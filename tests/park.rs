@@ -1,0 +1,319 @@
+//! Idle keep-alive connections are parked without hyper's buffers and served
+//! again when the client comes back — and never parked while hyper still
+//! holds something of the client's (a partial head, a body, a response being
+//! written, an HTTP/2 session, an upgraded stream).
+mod common;
+use common::*;
+use futures_util::{SinkExt, StreamExt};
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+
+/// Longer than a connection needs to park (20–40 ms): the client's pause is
+/// the input under test, not a wait for something to happen.
+const PAUSE: Duration = Duration::from_millis(150);
+
+struct Env {
+    fx: Fixture,
+    _up: Upstream,
+    gk: Gatekeeper,
+    admin: SocketAddr,
+}
+
+fn start_with(edit: impl FnOnce(&mut Config)) -> Env {
+    let fx = Fixture::new();
+    let up = Upstream::start();
+    let mut c = fx.config(&up.url());
+    let admin = SocketAddr::from(([127, 0, 0, 1], dead_port()));
+    c.set("admin.listen", &q(&admin.to_string()));
+    edit(&mut c);
+    let gk = Gatekeeper::start(&fx, &c);
+    Env { fx, _up: up, gk, admin }
+}
+
+async fn gauge(admin: SocketAddr, name: &str) -> f64 {
+    let r = get(LOCALHOST, admin, "/metrics", &[]).await;
+    assert_eq!(r.status, 200);
+    let text = r.text();
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in /metrics:\n{text}"))
+}
+
+async fn idle_becomes(admin: SocketAddr, n: f64) -> bool {
+    eventually_async(Duration::from_secs(5), || async move {
+        gauge(admin, "gatekeeper_idle_connections").await == n
+    })
+    .await
+}
+
+/// Reads `n` responses off `s`, in order.
+async fn read_responses(s: &mut TcpStream, n: usize) -> Vec<RawResp> {
+    let mut buf = Vec::new();
+    let mut out = Vec::new();
+    let mut tmp = [0u8; 16384];
+    while out.len() < n {
+        if let Some((r, used)) = parse_response(&buf, false, false) {
+            buf.drain(..used);
+            out.push(r);
+            continue;
+        }
+        let got = tokio::time::timeout(Duration::from_secs(10), s.read(&mut tmp))
+            .await
+            .expect("response within 10 s")
+            .expect("read");
+        assert!(
+            got > 0,
+            "closed after {} responses; left {:?}",
+            out.len(),
+            String::from_utf8_lossy(&buf)
+        );
+        buf.extend_from_slice(&tmp[..got]);
+    }
+    assert!(
+        buf.is_empty(),
+        "bytes after the responses: {:?}",
+        String::from_utf8_lossy(&buf)
+    );
+    out
+}
+
+fn echoed_uri(r: &RawResp) -> String {
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    Echo::parse(&r.body).uri
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_connection_parks_and_serves_again() {
+    let env = start_with(|_| {});
+    let mut c = Conn::open(LOCALHOST, env.gk.addr).await;
+    let r = c.get("/echo/one").await;
+    assert_eq!(r.echo().uri, "/echo/one");
+    assert!(idle_becomes(env.admin, 1.0).await, "the idle connection never parked");
+    assert_eq!(gauge(env.admin, "gatekeeper_open_connections").await, 1.0);
+    // The same connection, served again by a fresh hyper connection.
+    let r = c.get("/echo/two").await;
+    assert_eq!(r.echo().uri, "/echo/two");
+    assert!(!c.is_closed());
+    assert!(idle_becomes(env.admin, 1.0).await);
+    // Maintenance answers on it too.
+    env.fx.toggle_on();
+    assert!(
+        wait_status(&mut c, "/", 503, Duration::from_secs(3)).await.is_some(),
+        "no 503 on the parked connection"
+    );
+    assert!(idle_becomes(env.admin, 1.0).await);
+    let r = c.get("/").await;
+    assert_eq!(r.status, 503);
+    assert!(r.header("retry-after").is_some());
+    drop(c);
+    assert!(
+        eventually_async(Duration::from_secs(5), || async {
+            gauge(env.admin, "gatekeeper_open_connections").await == 0.0
+                && gauge(env.admin, "gatekeeper_idle_connections").await == 0.0
+        })
+        .await,
+        "a parked connection closed by its client is still counted"
+    );
+}
+
+/// Three requests in one write, the third cut mid-head; after a pause longer
+/// than the parking delay, the rest of it. Parking then would lose "GET /echo/c".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partial_pipelined_head_is_not_lost_across_a_pause() {
+    let env = start_with(|_| {});
+    let mut s = connect_from(LOCALHOST, env.gk.addr).await.unwrap();
+    s.write_all(
+        b"GET /echo/a HTTP/1.1\r\nHost: x\r\n\r\nGET /echo/b HTTP/1.1\r\nHost: x\r\n\r\nGET /echo/c HTTP/1.1\r\nHo",
+    )
+    .await
+    .unwrap();
+    let rs = read_responses(&mut s, 2).await;
+    assert_eq!(rs.iter().map(echoed_uri).collect::<Vec<_>>(), ["/echo/a", "/echo/b"]);
+    tokio::time::sleep(PAUSE).await;
+    assert_eq!(gauge(env.admin, "gatekeeper_idle_connections").await, 0.0);
+    // A head cut right inside its final blank line, too.
+    s.write_all(b"st: x\r\n\r\nGET /echo/d HTTP/1.1\r\nHost: x\r\n\r")
+        .await
+        .unwrap();
+    let rs = read_responses(&mut s, 1).await;
+    assert_eq!(echoed_uri(&rs[0]), "/echo/c");
+    tokio::time::sleep(PAUSE).await;
+    s.write_all(b"\n").await.unwrap();
+    let rs = read_responses(&mut s, 1).await;
+    assert_eq!(echoed_uri(&rs[0]), "/echo/d");
+    // Now it is idle after a whole head: it parks, and still serves.
+    assert!(
+        idle_becomes(env.admin, 1.0).await,
+        "never parked after a complete request"
+    );
+    s.write_all(b"GET /echo/e HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    let rs = read_responses(&mut s, 1).await;
+    assert_eq!(echoed_uri(&rs[0]), "/echo/e");
+}
+
+/// A request with a body, a pause, then more: served whole, buffered or not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_with_bodies_and_slow_bodies_survive_pauses() {
+    for buffering in ["true", "false"] {
+        let env = start_with(|c| {
+            c.set("buffering.requests", buffering);
+            c.set("buffering.responses", buffering);
+        });
+        let mut s = connect_from(LOCALHOST, env.gk.addr).await.unwrap();
+        s.write_all(b"POST /echo/p HTTP/1.1\r\nHost: x\r\nContent-Length: 8\r\n\r\nab\r\n\r\n")
+            .await
+            .unwrap();
+        tokio::time::sleep(PAUSE).await;
+        s.write_all(b"cd").await.unwrap();
+        let rs = read_responses(&mut s, 1).await;
+        let e = Echo::parse(&rs[0].body);
+        assert_eq!(
+            (e.uri.as_str(), e.body_len, e.body_fnv),
+            ("/echo/p", 8, fnv_hex(b"ab\r\n\r\ncd")),
+            "buffering {buffering}"
+        );
+        tokio::time::sleep(PAUSE).await;
+        s.write_all(b"GET /echo/after HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let rs = read_responses(&mut s, 1).await;
+        assert_eq!(echoed_uri(&rs[0]), "/echo/after", "buffering {buffering}");
+    }
+}
+
+/// During maintenance the 503 goes out before the body has arrived; the rest
+/// of the body, after a pause, must not be read as the next request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_still_arriving_after_its_503_is_not_taken_for_a_request() {
+    let env = start_with(|_| {});
+    env.fx.toggle_on();
+    let mut c = Conn::open(LOCALHOST, env.gk.addr).await;
+    assert!(wait_status(&mut c, "/", 503, Duration::from_secs(3)).await.is_some());
+    drop(c);
+    let mut s = connect_from(LOCALHOST, env.gk.addr).await.unwrap();
+    s.write_all(b"POST /form HTTP/1.1\r\nHost: x\r\nContent-Length: 32\r\n\r\nGET /x HTTP/1.1\r\nHost: y\r\n\r\n")
+        .await
+        .unwrap();
+    let rs = read_responses(&mut s, 1).await;
+    assert_eq!(rs[0].status, 503);
+    tokio::time::sleep(PAUSE).await;
+    // gatekeeper may have closed already: then these writes fail.
+    let _ = s.write_all(b"\r\n\r\n").await;
+    let _ = s.write_all(b"GET /next HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    // Either the connection carries on (one 503 for /next) or it is closed;
+    // never a response to the body's "GET /x".
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(3), s.read_to_end(&mut rest)).await;
+    let n = rest.windows(9).filter(|w| w == b"HTTP/1.1 ").count();
+    assert!(
+        n <= 1,
+        "{n} responses after the body: {:?}",
+        String::from_utf8_lossy(&rest)
+    );
+}
+
+/// A response that takes longer than the parking delay is not cut.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_response_is_not_cut_by_parking() {
+    for buffering in ["true", "false"] {
+        let env = start_with(|c| {
+            c.set("buffering.responses", buffering);
+        });
+        let mut c = Conn::open(LOCALHOST, env.gk.addr).await;
+        let r = c.get("/slow?ms=300").await;
+        assert_eq!((r.status, r.text().as_str()), (200, "slow"), "buffering {buffering}");
+        let r = c.get("/slow?ms=0").await;
+        assert_eq!((r.status, r.text().as_str()), (200, "slow"), "buffering {buffering}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2c_connections_do_not_park() {
+    let env = start_with(|_| {});
+    let s = connect_from(LOCALHOST, env.gk.addr).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), hyper_util::rt::TokioIo::new(s))
+            .await
+            .expect("h2 handshake");
+    tokio::spawn(conn);
+    for path in ["/echo/h2-1", "/echo/h2-2"] {
+        let req = http::Request::builder()
+            .uri(format!("http://x{path}"))
+            .body(empty())
+            .unwrap();
+        let r = tokio::time::timeout(Duration::from_secs(10), sender.send_request(req))
+            .await
+            .expect("h2 response within 10 s")
+            .expect("h2 request");
+        assert_eq!(r.status(), 200);
+        tokio::time::sleep(PAUSE).await;
+        assert_eq!(gauge(env.admin, "gatekeeper_idle_connections").await, 0.0);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_idle_longer_than_the_delay_still_flows() {
+    let env = start_with(|_| {});
+    let mut c = Conn::open(LOCALHOST, env.gk.addr).await;
+    assert_eq!(c.get("/echo/first").await.status, 200);
+    drop(c);
+    let s = connect_from(LOCALHOST, env.gk.addr).await.unwrap();
+    let (mut ws, resp) = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio_tungstenite::client_async(format!("ws://{}/ws", env.gk.addr), s),
+    )
+    .await
+    .expect("handshake within 5 s")
+    .expect("websocket handshake");
+    assert_eq!(resp.status(), 101);
+    for i in 0..3 {
+        tokio::time::sleep(PAUSE).await;
+        let m = Message::text(format!("after pause {i}"));
+        ws.send(m.clone()).await.unwrap();
+        let got = tokio::time::timeout(Duration::from_secs(5), ws.next())
+            .await
+            .expect("echo within 5 s");
+        assert_eq!(got.unwrap().unwrap(), m);
+    }
+    assert_eq!(gauge(env.admin, "gatekeeper_idle_connections").await, 0.0);
+}
+
+/// A parked connection is still closed after `header_timeout` of silence,
+/// and at once when the daemon stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parked_connections_end_on_idle_timeout_and_on_stop() {
+    let mut env = start_with(|c| {
+        c.set("server.header_timeout", &q("1s"));
+    });
+    let mut timed = Conn::open(LOCALHOST, env.gk.addr).await;
+    assert_eq!(timed.get("/echo").await.status, 200);
+    assert!(idle_becomes(env.admin, 1.0).await);
+    assert!(
+        eventually_async(Duration::from_secs(5), || {
+            let closed = timed.is_closed();
+            async move { closed }
+        })
+        .await,
+        "a parked connection outlived header_timeout"
+    );
+    let mut parked = Conn::open(LOCALHOST, env.gk.addr).await;
+    assert_eq!(parked.get("/echo").await.status, 200);
+    assert!(idle_becomes(env.admin, 1.0).await);
+    let t0 = std::time::Instant::now();
+    env.gk.sigterm();
+    let status = env
+        .gk
+        .wait_exit(Duration::from_secs(5))
+        .expect("exits with a parked connection open");
+    assert!(status.success(), "{status:?}");
+    assert!(
+        t0.elapsed() < Duration::from_secs(1),
+        "stop waited {:?} for a parked connection",
+        t0.elapsed()
+    );
+}
