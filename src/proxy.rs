@@ -440,7 +440,8 @@ pub async fn forward(
     let retry = (is_idempotent(&parts.method) && body.is_end_stream())
         .then(|| (parts.method.clone(), parts.uri.clone(), parts.headers.clone()));
     let out = Request::from_parts(parts, body);
-    let exchange = async {
+    // Pinned where it is: handing the future itself to `timeout` would copy it twice.
+    let exchange = std::pin::pin!(async {
         match upstream.send(out).await {
             (Err(e), true) if retry.is_some() && stale_connection(&*e) => {
                 // nginx's way: the pooled connection had been closed under the
@@ -457,7 +458,7 @@ pub async fn forward(
             }
             (r, _) => r,
         }
-    };
+    });
 
     let (mut resp, lease) = match tokio::time::timeout(cfg.upstream.timeout, exchange).await {
         Err(_) => {
