@@ -181,7 +181,8 @@ impl UpstreamClient {
         }
         let (mut sender, reused) = match checkout(self.id) {
             Some(s) => (s, true),
-            None => match self.connect().await {
+            // Boxed: the connecting state is rare and large; the exchange future stays small.
+            None => match Box::pin(self.connect()).await {
                 Ok(s) => (s, false),
                 Err(e) => return (Err(e), false),
             },
@@ -400,7 +401,8 @@ pub async fn forward(
         empty()
     } else if b.requests && !upgrade {
         let dir = buffer::temp_dir(b.dir.as_deref());
-        match buffer::read_request(body, b.memory, b.max_body, &dir, cfg.server.body_timeout).await {
+        // Boxed: only requests with a body pay for the reading state's size.
+        match Box::pin(buffer::read_request(body, b.memory, b.max_body, &dir, cfg.server.body_timeout)).await {
             Ok(buffered) => {
                 parts
                     .headers
@@ -454,7 +456,7 @@ pub async fn forward(
                 *again.method_mut() = method;
                 *again.uri_mut() = uri;
                 *again.headers_mut() = headers;
-                upstream.send_fresh(again).await
+                Box::pin(upstream.send_fresh(again)).await
             }
             (r, _) => r,
         }
