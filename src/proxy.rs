@@ -402,7 +402,15 @@ pub async fn forward(
     } else if b.requests && !upgrade {
         let dir = buffer::temp_dir(b.dir.as_deref());
         // Boxed: only requests with a body pay for the reading state's size.
-        match Box::pin(buffer::read_request(body, b.memory, b.max_body, &dir, cfg.server.body_timeout)).await {
+        match Box::pin(buffer::read_request(
+            body,
+            b.memory,
+            b.max_body,
+            &dir,
+            cfg.server.body_timeout,
+        ))
+        .await
+        {
             Ok(buffered) => {
                 parts
                     .headers
