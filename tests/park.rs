@@ -256,21 +256,18 @@ async fn h2c_connections_do_not_park() {
     }
 }
 
+/// An upgrade on a connection that had been parked (served by a fresh hyper
+/// connection), then pauses longer than the parking delay inside the tunnel.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_websocket_idle_longer_than_the_delay_still_flows() {
+async fn a_websocket_on_a_parked_connection_flows_across_pauses() {
     let env = start_with(|_| {});
-    let mut c = Conn::open(LOCALHOST, env.gk.addr).await;
-    assert_eq!(c.get("/echo/first").await.status, 200);
-    drop(c);
-    let s = connect_from(LOCALHOST, env.gk.addr).await.unwrap();
-    let (mut ws, resp) = tokio::time::timeout(
-        Duration::from_secs(5),
-        tokio_tungstenite::client_async(format!("ws://{}/ws", env.gk.addr), s),
-    )
-    .await
-    .expect("handshake within 5 s")
-    .expect("websocket handshake");
-    assert_eq!(resp.status(), 101);
+    let mut s = connect_from(LOCALHOST, env.gk.addr).await.unwrap();
+    s.write_all(b"GET /echo/first HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(echoed_uri(&read_responses(&mut s, 1).await[0]), "/echo/first");
+    assert!(idle_becomes(env.admin, 1.0).await, "never parked");
+    let mut ws = ws_open(env.gk.addr, s).await;
     for i in 0..3 {
         tokio::time::sleep(PAUSE).await;
         let m = Message::text(format!("after pause {i}"));

@@ -250,14 +250,7 @@ async fn full_duplex_streaming_when_buffering_is_off() {
 async fn websocket_is_relayed() {
     let env = start();
     let s = connect_from(LOCALHOST, env.gk.addr).await.unwrap();
-    let (mut ws, resp) = tokio::time::timeout(
-        Duration::from_secs(5),
-        tokio_tungstenite::client_async(format!("ws://{}/ws", env.gk.addr), s),
-    )
-    .await
-    .expect("handshake within 5 s")
-    .expect("websocket handshake through gatekeeper");
-    assert_eq!(resp.status(), 101);
+    let mut ws = ws_open(env.gk.addr, s).await;
     ws.send(Message::text("hello")).await.unwrap();
     assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("hello"));
     let big: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();

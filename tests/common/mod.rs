@@ -1059,6 +1059,19 @@ pub async fn connect_from(from: IpAddr, addr: SocketAddr) -> std::io::Result<Tcp
     Ok(s)
 }
 
+/// The WebSocket handshake for `ws://{addr}/ws` on `s`, within 5 s; the answer must be 101.
+pub async fn ws_open(addr: SocketAddr, s: TcpStream) -> tokio_tungstenite::WebSocketStream<TcpStream> {
+    let (ws, resp) = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio_tungstenite::client_async(format!("ws://{addr}/ws"), s),
+    )
+    .await
+    .expect("handshake within 5 s")
+    .expect("websocket handshake through gatekeeper");
+    assert_eq!(resp.status(), 101);
+    ws
+}
+
 /// One kept-alive HTTP/1.1 client connection.
 pub struct Conn {
     sender: hyper::client::conn::http1::SendRequest<Body>,
