@@ -157,7 +157,8 @@ def main():
     fds = fd_count(a.pid)
     # Idle connections must still serve: a second request on some of them.
     reused, reused_ok = 0, 0
-    for s in socks[:: max(1, len(socks) // a.reuse)][: a.reuse] if a.reuse > 0 else []:
+    spread = socks[:: max(1, len(socks) // a.reuse)][: a.reuse] if a.reuse > 0 else []
+    for s in spread:
         reused += 1
         try:
             s.sendall(req)

@@ -35,7 +35,6 @@ pub mod logging;
 pub mod metrics;
 /// Maintenance page, assets, error pages.
 pub mod page;
-
 /// Idle keep-alive connections without hyper's buffers.
 pub mod park;
 /// Forwarding to the upstream.

@@ -16,7 +16,7 @@
 //! drop), the last request had no body, the last bytes read were the blank
 //! line ending a head (a partial next head cannot end that way: it would be a
 //! complete head), and no write is waiting for the socket. Connections that
-//! speak HTTP/2 or were upgraded (101) never park.
+//! speak HTTP/2 or were upgraded (101, CONNECT) never park.
 
 use std::future::Future;
 use std::io;
@@ -63,18 +63,17 @@ impl Shared {
         self.busy.fetch_add(1, Relaxed);
         self.begun.fetch_add(1, Relaxed);
         self.bodiless.store(req.body().is_end_stream(), Relaxed);
-        if req.method() == http::Method::CONNECT {
+        // HTTP/2 frames can end in a blank line too; hyper reads them to the end.
+        if req.version() == http::Version::HTTP_2 || req.method() == http::Method::CONNECT {
             self.never.store(true, Relaxed);
         }
         Guard(Some(self.clone()))
     }
 
-    /// Called with each response: after a 101 the stream is the tunnel's.
-    #[inline]
-    pub fn answered<B>(&self, resp: &Response<B>) {
-        if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
-            self.never.store(true, Relaxed);
-        }
+    /// Whether this connection has served a request: it speaks HTTP/1.1 (an
+    /// HTTP/2 one never parks), so its next activation needs no protocol sniffing.
+    pub fn served(&self) -> bool {
+        self.begun.load(Relaxed) > 0
     }
 
     /// The socket the wrapper parked, if it did.
@@ -92,11 +91,13 @@ impl Guard {
         Guard(None)
     }
 
-    /// See [`Shared::answered`].
+    /// Called with each response: after a 101 the stream is the tunnel's.
     #[inline]
     pub fn answered<B>(&self, resp: &Response<B>) {
         if let Some(s) = &self.0 {
-            s.answered(resp);
+            if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+                s.never.store(true, Relaxed);
+            }
         }
     }
 }
@@ -145,7 +146,6 @@ pub struct Parkable {
     shared: Arc<Shared>,
     /// The last four bytes read, big-endian.
     tail: u32,
-    first_read: bool,
     write_blocked: bool,
     idle: Option<Pin<Box<Sleep>>>,
     begun_at_arm: u64,
@@ -157,7 +157,6 @@ impl Parkable {
             stream: Some(stream),
             shared,
             tail: 0,
-            first_read: true,
             write_blocked: false,
             idle: None,
             begun_at_arm: 0,
@@ -215,13 +214,6 @@ impl AsyncRead for Parkable {
         match Pin::new(stream).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
                 let got = &buf.filled()[before..];
-                if this.first_read && !got.is_empty() {
-                    this.first_read = false;
-                    // The h2 preface ends in a blank line too; HTTP/2 never parks.
-                    if got.starts_with(b"PRI ") {
-                        this.shared.never.store(true, Relaxed);
-                    }
-                }
                 this.tail = match got.last_chunk::<4>() {
                     Some(last) => u32::from_be_bytes(*last),
                     None => got.iter().fold(this.tail, |t, &b| (t << 8) | u32::from(b)),

@@ -115,7 +115,7 @@ pub async fn accept_loop(
                     match tokio::time::timeout(limit, acceptor.accept(stream)).await {
                         Ok(Ok(tls_stream)) => {
                             let _open = count_open(&state);
-                            serve_connection(tls_stream, peer, state.clone(), &shutdown, true, None, false).await;
+                            serve_connection(tls_stream, peer, state.clone(), &shutdown, true, None).await;
                         }
                         Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
@@ -137,11 +137,9 @@ fn count_open(state: &State) -> impl Drop + '_ {
 
 /// A plain-TCP connection: served by hyper while active, parked in between
 /// (see [`park`]) so that an idle keep-alive connection holds no HTTP buffers.
-async fn serve_plain(stream: TcpStream, peer: SocketAddr, state: Arc<State>, shutdown: CancellationToken) {
+async fn serve_plain(mut stream: TcpStream, peer: SocketAddr, state: Arc<State>, shutdown: CancellationToken) {
     let _open = count_open(&state);
     let shared = Arc::new(park::Shared::default());
-    let mut stream = stream;
-    let mut h1_only = false;
     loop {
         let io = park::Parkable::new(stream, shared.clone());
         // Boxed: a parked connection's task then carries no hyper state.
@@ -152,7 +150,6 @@ async fn serve_plain(stream: TcpStream, peer: SocketAddr, state: Arc<State>, shu
             &shutdown,
             false,
             Some(shared.clone()),
-            h1_only,
         ))
         .await;
         let parked = shared.take_parked();
@@ -170,7 +167,6 @@ async fn serve_plain(stream: TcpStream, peer: SocketAddr, state: Arc<State>, shu
         if !woke {
             return;
         }
-        h1_only = true;
     }
 }
 
@@ -182,7 +178,6 @@ async fn serve_connection<I>(
     shutdown: &CancellationToken,
     https: bool,
     park: Option<Arc<park::Shared>>,
-    h1_only: bool,
 ) -> bool
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
@@ -201,7 +196,7 @@ where
         .max_concurrent_streams(256)
         .max_header_list_size(u32::try_from(limits.max_header_size).unwrap_or(u32::MAX))
         .keep_alive_interval(Some(Duration::from_secs(30)));
-    if h1_only {
+    if park.as_ref().is_some_and(|p| p.served()) {
         builder = builder.http1_only();
     }
     let svc = service_fn(move |req: Request<Incoming>| {

@@ -163,10 +163,7 @@ fn blocking_get(addr: SocketAddr, path: &str) -> Result<(u16, String), String> {
 fn metric(admin: SocketAddr, series: &str) -> Option<f64> {
     let (status, body) = blocking_get(admin, "/metrics").ok()?;
     assert_eq!(status, 200, "/metrics");
-    body.lines()
-        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
+    sample(&body, series)
 }
 
 fn alive(gk: &mut Gatekeeper) -> bool {

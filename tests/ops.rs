@@ -29,33 +29,6 @@ fn wait_count(gk: &Gatekeeper, needle: &str, n: usize, bound: Duration) -> bool 
     eventually(bound, || count(&gk.log(), needle) >= n)
 }
 
-/// `[admin] listen` on a free loopback port.
-fn with_admin(cfg: &mut Config) -> SocketAddr {
-    let addr = SocketAddr::from(([127, 0, 0, 1], dead_port()));
-    cfg.set("admin.listen", &q(&addr.to_string()));
-    addr
-}
-
-/// The value of one sample (`name` or `name{labels}`) in a Prometheus text page.
-fn sample(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-}
-
-async fn metrics(admin: SocketAddr) -> String {
-    let r = get(LOCALHOST, admin, "/metrics", &[]).await;
-    assert_eq!(r.status, 200, "{}", r.text());
-    r.text()
-}
-
-async fn metric(admin: SocketAddr, series: &str) -> f64 {
-    let text = metrics(admin).await;
-    sample(&text, series).unwrap_or_else(|| panic!("no sample {series} in /metrics:\n{text}"))
-}
-
 /// Polls GET `path` on `c` until `ok` holds for the response (bounded).
 async fn until_resp(c: &mut Conn, path: &str, bound: Duration, ok: impl Fn(&Resp) -> bool) -> Option<Resp> {
     let t0 = Instant::now();

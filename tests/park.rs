@@ -26,60 +26,28 @@ fn start_with(edit: impl FnOnce(&mut Config)) -> Env {
     let fx = Fixture::new();
     let up = Upstream::start();
     let mut c = fx.config(&up.url());
-    let admin = SocketAddr::from(([127, 0, 0, 1], dead_port()));
-    c.set("admin.listen", &q(&admin.to_string()));
+    let admin = with_admin(&mut c);
     edit(&mut c);
     let gk = Gatekeeper::start(&fx, &c);
     Env { fx, _up: up, gk, admin }
 }
 
-async fn gauge(admin: SocketAddr, name: &str) -> f64 {
-    let r = get(LOCALHOST, admin, "/metrics", &[]).await;
-    assert_eq!(r.status, 200);
-    let text = r.text();
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {name} in /metrics:\n{text}"))
-}
-
 async fn idle_becomes(admin: SocketAddr, n: f64) -> bool {
     eventually_async(Duration::from_secs(5), || async move {
-        gauge(admin, "gatekeeper_idle_connections").await == n
+        metric(admin, "gatekeeper_idle_connections").await == n
     })
     .await
 }
 
-/// Reads `n` responses off `s`, in order.
+/// Reads `n` responses off `s`, in order, and nothing after them.
 async fn read_responses(s: &mut TcpStream, n: usize) -> Vec<RawResp> {
-    let mut buf = Vec::new();
-    let mut out = Vec::new();
-    let mut tmp = [0u8; 16384];
-    while out.len() < n {
-        if let Some((r, used)) = parse_response(&buf, false, false) {
-            buf.drain(..used);
-            out.push(r);
-            continue;
-        }
-        let got = tokio::time::timeout(Duration::from_secs(10), s.read(&mut tmp))
-            .await
-            .expect("response within 10 s")
-            .expect("read");
-        assert!(
-            got > 0,
-            "closed after {} responses; left {:?}",
-            out.len(),
-            String::from_utf8_lossy(&buf)
-        );
-        buf.extend_from_slice(&tmp[..got]);
-    }
+    let (rs, rest) = read_raw_responses(s, n, false).await;
     assert!(
-        buf.is_empty(),
+        rest.is_empty(),
         "bytes after the responses: {:?}",
-        String::from_utf8_lossy(&buf)
+        String::from_utf8_lossy(&rest)
     );
-    out
+    rs
 }
 
 fn echoed_uri(r: &RawResp) -> String {
@@ -94,7 +62,7 @@ async fn an_idle_connection_parks_and_serves_again() {
     let r = c.get("/echo/one").await;
     assert_eq!(r.echo().uri, "/echo/one");
     assert!(idle_becomes(env.admin, 1.0).await, "the idle connection never parked");
-    assert_eq!(gauge(env.admin, "gatekeeper_open_connections").await, 1.0);
+    assert_eq!(metric(env.admin, "gatekeeper_open_connections").await, 1.0);
     // The same connection, served again by a fresh hyper connection.
     let r = c.get("/echo/two").await;
     assert_eq!(r.echo().uri, "/echo/two");
@@ -113,8 +81,8 @@ async fn an_idle_connection_parks_and_serves_again() {
     drop(c);
     assert!(
         eventually_async(Duration::from_secs(5), || async {
-            gauge(env.admin, "gatekeeper_open_connections").await == 0.0
-                && gauge(env.admin, "gatekeeper_idle_connections").await == 0.0
+            metric(env.admin, "gatekeeper_open_connections").await == 0.0
+                && metric(env.admin, "gatekeeper_idle_connections").await == 0.0
         })
         .await,
         "a parked connection closed by its client is still counted"
@@ -135,7 +103,7 @@ async fn a_partial_pipelined_head_is_not_lost_across_a_pause() {
     let rs = read_responses(&mut s, 2).await;
     assert_eq!(rs.iter().map(echoed_uri).collect::<Vec<_>>(), ["/echo/a", "/echo/b"]);
     tokio::time::sleep(PAUSE).await;
-    assert_eq!(gauge(env.admin, "gatekeeper_idle_connections").await, 0.0);
+    assert_eq!(metric(env.admin, "gatekeeper_idle_connections").await, 0.0);
     // A head cut right inside its final blank line, too.
     s.write_all(b"st: x\r\n\r\nGET /echo/d HTTP/1.1\r\nHost: x\r\n\r")
         .await
@@ -252,7 +220,7 @@ async fn h2c_connections_do_not_park() {
             .expect("h2 request");
         assert_eq!(r.status(), 200);
         tokio::time::sleep(PAUSE).await;
-        assert_eq!(gauge(env.admin, "gatekeeper_idle_connections").await, 0.0);
+        assert_eq!(metric(env.admin, "gatekeeper_idle_connections").await, 0.0);
     }
 }
 
@@ -277,7 +245,7 @@ async fn a_websocket_on_a_parked_connection_flows_across_pauses() {
             .expect("echo within 5 s");
         assert_eq!(got.unwrap().unwrap(), m);
     }
-    assert_eq!(gauge(env.admin, "gatekeeper_idle_connections").await, 0.0);
+    assert_eq!(metric(env.admin, "gatekeeper_idle_connections").await, 0.0);
 }
 
 /// A parked connection is still closed after `header_timeout` of silence,

@@ -1059,6 +1059,35 @@ pub async fn connect_from(from: IpAddr, addr: SocketAddr) -> std::io::Result<Tcp
     Ok(s)
 }
 
+/// `[admin] listen` on a free loopback port.
+pub fn with_admin(cfg: &mut Config) -> SocketAddr {
+    let addr = SocketAddr::from(([127, 0, 0, 1], dead_port()));
+    cfg.set("admin.listen", &q(&addr.to_string()));
+    addr
+}
+
+/// The value of one sample (`name` or `name{labels}`) in a Prometheus text page.
+pub fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// The admin endpoint's `/metrics` page.
+pub async fn metrics(admin: SocketAddr) -> String {
+    let r = get(LOCALHOST, admin, "/metrics", &[]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.text()
+}
+
+/// One sample from the admin endpoint's `/metrics`; panics when it is missing.
+pub async fn metric(admin: SocketAddr, series: &str) -> f64 {
+    let text = metrics(admin).await;
+    sample(&text, series).unwrap_or_else(|| panic!("no sample {series} in /metrics:\n{text}"))
+}
+
 /// The WebSocket handshake for `ws://{addr}/ws` on `s`, within 5 s; the answer must be 101.
 pub async fn ws_open(addr: SocketAddr, s: TcpStream) -> tokio_tungstenite::WebSocketStream<TcpStream> {
     let (ws, resp) = tokio::time::timeout(
@@ -1286,29 +1315,48 @@ pub async fn raw_response(addr: SocketAddr, bytes: &[u8]) -> RawResp {
 
 /// Reads one response; bytes after it (pipelined responses) are discarded.
 pub async fn read_raw_response(s: &mut TcpStream, head_only: bool) -> RawResp {
+    let (mut rs, _) = read_raw_responses(s, 1, head_only).await;
+    rs.remove(0)
+}
+
+/// Reads `n` responses off `s`, in order (within 10 s); returns them and the
+/// bytes read after them.
+pub async fn read_raw_responses(s: &mut TcpStream, n: usize, head_only: bool) -> (Vec<RawResp>, Vec<u8>) {
     let mut buf = Vec::new();
+    let mut out = Vec::new();
     let mut tmp = [0u8; 16384];
     let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Some((r, _)) = parse_response(&buf, head_only, false) {
-            return r;
+    while out.len() < n {
+        if let Some((r, used)) = parse_response(&buf, head_only, false) {
+            buf.drain(..used);
+            out.push(r);
+            continue;
         }
         let left = deadline.saturating_duration_since(Instant::now());
-        let n = match tokio::time::timeout(left, s.read(&mut tmp)).await {
-            Ok(Ok(n)) => n,
+        let got = match tokio::time::timeout(left, s.read(&mut tmp)).await {
+            Ok(Ok(got)) => got,
             Ok(Err(e)) => panic!("read: {e}; got {:?}", String::from_utf8_lossy(&buf)),
             Err(_) => panic!(
                 "no complete response within 10 s; got {:?}",
                 String::from_utf8_lossy(&buf)
             ),
         };
-        if n == 0 {
-            return parse_response(&buf, head_only, true)
-                .unwrap_or_else(|| panic!("EOF before a complete response: {:?}", String::from_utf8_lossy(&buf)))
-                .0;
+        if got == 0 {
+            let (r, used) = parse_response(&buf, head_only, true).unwrap_or_else(|| {
+                panic!(
+                    "EOF after {} responses, before a complete one: {:?}",
+                    out.len(),
+                    String::from_utf8_lossy(&buf)
+                )
+            });
+            buf.drain(..used);
+            out.push(r);
+            assert_eq!(out.len(), n, "EOF after {} of {n} responses", out.len());
+        } else {
+            buf.extend_from_slice(&tmp[..got]);
         }
-        buf.extend_from_slice(&tmp[..n]);
     }
+    (out, buf)
 }
 
 /// Parses a complete raw response string (as returned by [`raw`]).
