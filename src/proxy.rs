@@ -487,6 +487,9 @@ pub async fn forward(
         Ok(Ok(r)) => r,
     };
 
+    // Our own HTTP/1.1 towards the client, whatever the upstream spoke (an
+    // HTTP/1.0 app's version would make hyper answer in HTTP/1.0 and close).
+    *resp.version_mut() = http::Version::HTTP_11;
     // The connection goes back to the pool once its answer has been read to
     // the end; an upgraded one belongs to the relay from now on.
     let lease = lease.filter(|_| resp.status() != StatusCode::SWITCHING_PROTOCOLS);

@@ -417,3 +417,56 @@ async fn h2c_prior_knowledge() {
         (503, Some("600"), Some("no-store"))
     );
 }
+
+/// An HTTP/1.0 app server (`python3 -m http.server`, old CGI gateways) answers
+/// in HTTP/1.0 and closes. The client still talks to gatekeeper, an HTTP/1.1
+/// server: it gets HTTP/1.1 answers on a connection that stays open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http10_upstream_answers_are_relayed_as_http11() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let app_addr = app.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = app.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut tmp = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut tmp).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&tmp[..n]),
+                    }
+                }
+                let _ = s
+                    .write_all(b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n\r\nhello")
+                    .await;
+            });
+        }
+    });
+    let env = start_with(|_, _, c| {
+        c.set("upstream.url", &q(&format!("http://{app_addr}")));
+    });
+    let mut s = connect_from(LOCALHOST, env.gk.addr).await.expect("connect");
+    for i in 0..2 {
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.expect("write");
+        let mut got = Vec::new();
+        let mut tmp = [0u8; 4096];
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !got.ends_with(b"\r\n\r\nhello") {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, s.read(&mut tmp)).await {
+                Ok(Ok(n)) if n > 0 => got.extend_from_slice(&tmp[..n]),
+                other => panic!(
+                    "request {i}: connection ended or stalled ({other:?}): {:?}",
+                    String::from_utf8_lossy(&got)
+                ),
+            }
+        }
+        let text = String::from_utf8_lossy(&got);
+        assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "request {i}: {text}");
+        assert!(
+            !text.to_ascii_lowercase().contains("connection: close"),
+            "request {i}: {text}"
+        );
+    }
+}
