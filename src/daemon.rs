@@ -188,7 +188,8 @@ pub fn reload(path: &Path, state: &State, certs: Option<&tls::CertStore>) {
     // On error the store keeps serving the old pair and has logged why.
     let certs_ok = certs.is_none_or(|store| store.reload().is_ok());
     match Config::load(path).and_then(Runtime::build) {
-        Ok(new) => {
+        Ok(mut new) => {
+            new.keep_upstream_of(&cur.rt);
             let needs_restart = restart_only_changes(&cur.rt.config, &new.config);
             if !needs_restart.is_empty() {
                 tracing::warn!(

@@ -87,6 +87,9 @@ pub struct UpstreamClient {
     /// starts a new pool, and connections leased from the old one are not returned to it.
     id: u64,
     kind: Kind,
+    /// What it was built for, to tell whether a reloaded config can keep it.
+    target: UpstreamTarget,
+    connect_timeout: Duration,
 }
 
 #[derive(Clone)]
@@ -141,7 +144,17 @@ impl UpstreamClient {
                 },
             },
         };
-        UpstreamClient { id, kind }
+        UpstreamClient {
+            id,
+            kind,
+            target: cfg.target.clone(),
+            connect_timeout: cfg.connect_timeout,
+        }
+    }
+
+    /// Whether this client (and its pooled connections) serves `cfg` as a new one would.
+    pub fn serves(&self, cfg: &Upstream) -> bool {
+        self.target == cfg.target && self.connect_timeout == cfg.connect_timeout
     }
 
     /// The upstream URI for a request target. HTTP/1.1 connections are our
@@ -228,47 +241,36 @@ impl UpstreamClient {
 trait FreshIo: hyper::rt::Read + hyper::rt::Write + Send + Unpin + 'static {}
 impl<T: hyper::rt::Read + hyper::rt::Write + Send + Unpin + 'static> FreshIo for T {}
 
-/// This worker thread's client and idle upstream connections. Each worker is a
+/// This worker thread's idle upstream connections. Each worker is a
 /// single-threaded runtime; a pool of its own keeps a request and its upstream
 /// connection on one thread (no locks, no cross-thread wake-ups), as nginx
 /// workers do.
 struct Local {
-    target: (UpstreamTarget, Duration),
-    client: UpstreamClient,
+    /// The client whose connections these are.
+    id: u64,
     /// Most recently used last: reuse takes the warmest connection.
     idle: Vec<(hyper::client::conn::http1::SendRequest<Body>, std::time::Instant)>,
 }
 
 thread_local! {
-    static LOCAL: std::cell::RefCell<Option<Local>> = const { std::cell::RefCell::new(None) };
-}
-
-/// The calling thread's client for `cfg`, created on first use or when the
-/// upstream changed with a reload.
-pub fn local_client(cfg: &Upstream) -> UpstreamClient {
-    LOCAL.with(|cell| {
-        let mut slot = cell.borrow_mut();
-        match &*slot {
-            Some(l) if l.target.0 == cfg.target && l.target.1 == cfg.connect_timeout => l.client.clone(),
-            _ => {
-                let client = UpstreamClient::new(cfg);
-                *slot = Some(Local {
-                    target: (cfg.target.clone(), cfg.connect_timeout),
-                    client: client.clone(),
-                    idle: Vec::new(),
-                });
-                client
-            }
-        }
-    })
+    static LOCAL: std::cell::RefCell<Local> = const { std::cell::RefCell::new(Local { id: 0, idle: Vec::new() }) };
 }
 
 /// An idle connection of pool `id` that can take a request now.
 fn checkout(id: u64) -> Option<hyper::client::conn::http1::SendRequest<Body>> {
     LOCAL
         .try_with(|cell| {
-            let mut slot = cell.borrow_mut();
-            let local = slot.as_mut().filter(|l| l.client.id == id)?;
+            let mut local = cell.borrow_mut();
+            if local.id != id {
+                // First use on this thread, or the upstream changed with a
+                // reload (ids only grow): the old upstream's idle connections
+                // close. A request still on the older config connects afresh.
+                if id > local.id {
+                    local.id = id;
+                    local.idle.clear();
+                }
+                return None;
+            }
             while let Some((sender, since)) = local.idle.pop() {
                 // A connection the upstream closed has ended its task: not ready.
                 if sender.is_ready() && since.elapsed() < POOL_IDLE_TIMEOUT {
@@ -289,8 +291,8 @@ impl Lease {
             return;
         }
         let _ = LOCAL.try_with(|cell| {
-            if let Ok(mut slot) = cell.try_borrow_mut() {
-                if let Some(local) = slot.as_mut().filter(|l| l.client.id == self.pool) {
+            if let Ok(mut local) = cell.try_borrow_mut() {
+                if local.id == self.pool {
                     if local.idle.len() >= POOL_MAX_IDLE {
                         local.idle.remove(0);
                     }
@@ -434,21 +436,21 @@ pub async fn forward(
             .authority()
             .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
     });
-    let no_host = host.is_none();
-    rewrite_request_headers(&mut parts.headers, origin, host, upgrade);
-    if no_host {
-        // HTTP/1.0 without Host: HTTP/1.1 upstreams require one; name the upstream.
-        if let Some(h) = upstream.default_host() {
-            parts.headers.insert(header::HOST, h);
-        }
-    }
     parts.uri = uri;
     // The client picks the upstream's protocol (HTTP/1.1, or h2 for h2c://).
     parts.version = http::Version::HTTP_11;
     // A pooled connection the upstream is just closing loses the request written
     // to it. Resending is safe only for idempotent requests without a body.
-    let retry = (is_idempotent(&parts.method) && body.is_end_stream())
-        .then(|| (parts.method.clone(), parts.uri.clone(), parts.headers.clone()));
+    // Copied before the headers gatekeeper adds: fewer to copy, and a resend adds them again.
+    let retry = (is_idempotent(&parts.method) && body.is_end_stream()).then(|| {
+        (
+            parts.method.clone(),
+            parts.uri.clone(),
+            parts.headers.clone(),
+            host.clone(),
+        )
+    });
+    upstream_headers(&mut parts.headers, upstream, origin, host, upgrade);
     let out = Request::from_parts(parts, body);
     // Pinned where it is: handing the future itself to `timeout` would copy it twice.
     let exchange = std::pin::pin!(async {
@@ -457,9 +459,10 @@ pub async fn forward(
                 // nginx's way: the pooled connection had been closed under the
                 // request; resend once on a fresh connection, which cannot be stale.
                 tracing::debug!(error = %error_chain(&*e), "stale upstream connection; resending on a new one");
-                let Some((method, uri, headers)) = retry else {
+                let Some((method, uri, mut headers, host)) = retry else {
                     return Err(e);
                 };
+                upstream_headers(&mut headers, upstream, origin, host, upgrade);
                 let mut again = Request::new(empty());
                 *again.method_mut() = method;
                 *again.uri_mut() = uri;
@@ -603,6 +606,24 @@ fn request_body_error(e: &buffer::RequestBodyError) -> Response<Body> {
     r.headers_mut()
         .insert(header::CONNECTION, HeaderValue::from_static("close"));
     r
+}
+
+/// The client's request headers as the upstream gets them.
+fn upstream_headers(
+    h: &mut http::HeaderMap,
+    upstream: &UpstreamClient,
+    origin: &Origin<'_>,
+    host: Option<HeaderValue>,
+    upgrade: bool,
+) {
+    let no_host = host.is_none();
+    rewrite_request_headers(h, origin, host, upgrade);
+    if no_host {
+        // HTTP/1.0 without Host: HTTP/1.1 upstreams require one; name the upstream.
+        if let Some(v) = upstream.default_host() {
+            h.insert(header::HOST, v);
+        }
+    }
 }
 
 fn rewrite_request_headers(h: &mut http::HeaderMap, origin: &Origin<'_>, host: Option<HeaderValue>, upgrade: bool) {

@@ -311,12 +311,11 @@ pub async fn handle(req: Request<Incoming>, peer: SocketAddr, state: &State, htt
                 resolved: &resolved,
                 https,
             };
-            let client = proxy::local_client(&cfg.upstream);
             // Boxed: hyper keeps a slot the size of this future for every
             // connection; the forwarding state is large. Boxed in a statement of
             // its own: a temporary in the awaiting statement would keep its
             // space in this future's state even after it is moved into the box.
-            let forward = Box::pin(proxy::forward(&client, cfg, req, &origin, bypass));
+            let forward = Box::pin(proxy::forward(&rt.upstream, cfg, req, &origin, bypass));
             let (r, o) = forward.await;
             (r, Some(o))
         }

@@ -13,6 +13,7 @@ use crate::allowlist::{self, IpSet};
 use crate::config::{Config, ConfigError, ConfigErrors};
 use crate::metrics::Metrics;
 use crate::page::{self, PageSet, Rendered};
+use crate::proxy::UpstreamClient;
 use crate::toggle::{Observed, ToggleContent, Window};
 use crate::units::ceil_secs;
 
@@ -22,6 +23,9 @@ pub struct Runtime {
     pub allow: IpSet,
     pub trusted: IpSet,
     pub pages: Arc<PageSet>,
+    /// The upstream client; kept across reloads that leave the upstream alone
+    /// (see [`Runtime::keep_upstream_of`]), so its pooled connections stay in use.
+    pub upstream: UpstreamClient,
 }
 
 /// The files a config points to, loaded and checked (used by `check` too).
@@ -113,11 +117,19 @@ impl Runtime {
     pub fn build(config: Config) -> Result<Runtime, ConfigErrors> {
         let loaded = Loaded::load(&config)?;
         Ok(Runtime {
+            upstream: UpstreamClient::new(&config.upstream),
             trusted: IpSet::new(config.clients.trusted_proxies.iter().copied()),
             allow: loaded.allow,
             pages: Arc::new(loaded.pages),
             config: Arc::new(config),
         })
+    }
+
+    /// Takes over `old`'s upstream client when this config names the same upstream.
+    pub fn keep_upstream_of(&mut self, old: &Runtime) {
+        if old.upstream.serves(&self.config.upstream) {
+            self.upstream = old.upstream.clone();
+        }
     }
 }
 

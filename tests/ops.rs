@@ -1172,3 +1172,55 @@ async fn json_logs_and_one_line_per_flip() {
     assert!(access.iter().all(|v| !v["path"].as_str().unwrap_or("").contains('?')));
     assert_eq!(flips(&lines).len(), 5, "{}", gk.log());
 }
+
+/// A reload that leaves the upstream alone keeps its pooled connections; one
+/// that names another upstream sends every next request there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_keeps_upstream_connections_unless_the_upstream_changes() {
+    let fx = Fixture::new();
+    let a = Upstream::start();
+    let b = Upstream::start();
+    let mut cfg = fx.config(&a.url());
+    let gk = Gatekeeper::start(&fx, &cfg);
+    let mut c = Conn::open(LOCALHOST, gk.addr).await;
+    for _ in 0..3 {
+        assert_eq!(c.get("/echo").await.status, 200);
+    }
+    let opened = a.connections();
+    let served = a.hits().len();
+
+    gk.signal(libc::SIGHUP);
+    assert!(
+        wait_count(&gk, "config reloaded", 1, Duration::from_secs(5)),
+        "{}",
+        gk.log()
+    );
+    for _ in 0..3 {
+        assert_eq!(c.get("/echo").await.status, 200);
+    }
+    assert_eq!(a.hits().len(), served + 3);
+    assert_eq!(
+        a.connections(),
+        opened,
+        "a reload with the same upstream opened new connections"
+    );
+
+    cfg.set("upstream.url", &q(&b.url()));
+    replace(&gk.config, &cfg.render());
+    assert!(
+        wait_count(&gk, "config reloaded", 2, Duration::from_secs(5)),
+        "{}",
+        gk.log()
+    );
+    for _ in 0..3 {
+        assert_eq!(c.get("/echo").await.status, 200);
+    }
+    assert_eq!(
+        a.hits().len(),
+        served + 3,
+        "the old upstream got requests after the reload"
+    );
+    assert_eq!(b.hits().len(), 3);
+    assert_eq!(b.connections(), 1);
+    assert!(!c.is_closed());
+}

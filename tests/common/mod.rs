@@ -664,6 +664,7 @@ pub struct Upstream {
     pub unix_path: Option<PathBuf>,
     hits: Arc<Mutex<Vec<Hit>>>,
     done: Arc<Mutex<Vec<String>>>,
+    accepted: Arc<std::sync::atomic::AtomicUsize>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
@@ -687,6 +688,8 @@ impl Upstream {
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let unix2 = unix.clone();
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let accepted2 = accepted.clone();
         std::thread::Builder::new()
             .name("upstream".into())
             .spawn(move || {
@@ -702,6 +705,7 @@ impl Upstream {
                     tokio::spawn(async move {
                         loop {
                             let Ok((s, _)) = l.accept().await else { continue };
+                            accepted2.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                             let _ = s.set_nodelay(true);
                             serve_upstream_conn(s, h.clone());
                         }
@@ -730,6 +734,7 @@ impl Upstream {
             unix_path: unix,
             hits,
             done,
+            accepted,
             shutdown: Some(stop_tx),
         }
     }
@@ -740,6 +745,11 @@ impl Upstream {
 
     pub fn unix_url(&self) -> String {
         format!("unix:{}", self.unix_path.as_ref().unwrap().display())
+    }
+
+    /// TCP connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.accepted.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     pub fn hits(&self) -> Vec<Hit> {
