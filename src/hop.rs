@@ -50,7 +50,7 @@ pub fn strip(headers: &mut HeaderMap, keep_upgrade: bool) {
     }
     // Connection is HOP_HEADERS[0]: the names it lists go too, but for the
     // tokens that are not header names in practice.
-    if present & 1 != 0 {
+    if present & 1 != 0 && !plain_connection(headers) {
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
             .iter()
@@ -74,6 +74,14 @@ pub fn strip(headers: &mut HeaderMap, keep_upgrade: bool) {
     if present & UPGRADE_BIT != 0 {
         headers.remove(header::UPGRADE);
     }
+}
+
+/// `Connection: keep-alive` or `close` alone, as most messages have it: names no header.
+fn plain_connection(headers: &HeaderMap) -> bool {
+    headers.get_all(header::CONNECTION).iter().all(|v| {
+        let v = v.as_bytes();
+        v.eq_ignore_ascii_case(b"keep-alive") || v.eq_ignore_ascii_case(b"close")
+    })
 }
 
 /// Whether a request asks for a protocol upgrade (WebSocket and the like).
@@ -100,6 +108,22 @@ mod tests {
             }
         }
         h
+    }
+
+    #[test]
+    fn a_name_in_a_second_connection_header_is_stripped() {
+        let mut h = map(&[
+            ("connection", "Keep-Alive"),
+            ("connection", "x-secret"),
+            ("x-secret", "1"),
+            ("x-kept", "yes"),
+        ]);
+        strip(&mut h, false);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-kept"));
+        let mut h = map(&[("connection", "close"), ("x-kept", "yes")]);
+        strip(&mut h, false);
+        assert_eq!(h.len(), 1);
     }
 
     #[test]

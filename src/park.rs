@@ -17,6 +17,11 @@
 //! line ending a head (a partial next head cannot end that way: it would be a
 //! complete head), and no write is waiting for the socket. Connections that
 //! speak HTTP/2 or were upgraded (101, CONNECT) never park.
+//!
+//! The same timer enforces `header_timeout` on plain connections (hyper's
+//! own costs a timer per request): a connection with no request in flight
+//! that has not completed a head within `header_timeout` of its last answer
+//! (or of its start) is closed.
 
 use std::future::Future;
 use std::io;
@@ -41,7 +46,6 @@ pub const PARK_AFTER: Duration = Duration::from_millis(20);
 const END_OF_HEAD: u32 = u32::from_be_bytes(*b"\r\n\r\n");
 
 /// What a connection's service calls and its I/O wrapper share.
-#[derive(Default)]
 pub struct Shared {
     /// Requests whose response body has not been dropped yet.
     busy: AtomicU32,
@@ -53,9 +57,37 @@ pub struct Shared {
     never: AtomicBool,
     /// The socket, once the wrapper has parked it.
     parked: Mutex<Option<TcpStream>>,
+    /// When the wait for the next head began (the last response body's drop,
+    /// or the connection's (re)activation), in nanoseconds since `epoch`.
+    waiting_since: AtomicU64,
+    epoch: Instant,
+}
+
+impl Default for Shared {
+    fn default() -> Self {
+        Shared {
+            busy: AtomicU32::new(0),
+            begun: AtomicU64::new(0),
+            bodiless: AtomicBool::new(false),
+            never: AtomicBool::new(false),
+            parked: Mutex::new(None),
+            waiting_since: AtomicU64::new(0),
+            epoch: Instant::now(),
+        }
+    }
 }
 
 impl Shared {
+    fn mark_waiting(&self) {
+        let ns = u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.waiting_since.store(ns, Relaxed);
+    }
+
+    /// When the head being waited for is due.
+    fn head_deadline(&self, header_timeout: Duration) -> Instant {
+        self.epoch + Duration::from_nanos(self.waiting_since.load(Relaxed)) + header_timeout
+    }
+
     /// Called for each request as the service receives it; the guard lives
     /// until the response body is dropped.
     #[inline]
@@ -106,6 +138,7 @@ impl Drop for Guard {
     fn drop(&mut self) {
         if let Some(s) = &self.0 {
             s.busy.fetch_sub(1, Relaxed);
+            s.mark_waiting();
         }
     }
 }
@@ -147,19 +180,36 @@ pub struct Parkable {
     /// The last four bytes read, big-endian.
     tail: u32,
     write_blocked: bool,
-    idle: Option<Pin<Box<Sleep>>>,
+    header_timeout: Duration,
+    timer: Option<Pin<Box<Sleep>>>,
+    /// Requests begun when the timer was last armed.
     begun_at_arm: u64,
+    /// The timer is set for the head deadline, not for the next idle check.
+    long: bool,
+}
+
+/// What a connection with nothing to read does.
+enum Idle {
+    Wait,
+    Park,
+    /// No complete head within `header_timeout`.
+    Expired,
 }
 
 impl Parkable {
-    pub fn new(stream: TcpStream, shared: Arc<Shared>) -> Self {
+    /// `header_timeout` bounds the wait for each request head; hyper's own
+    /// header timeout is off for connections served through this wrapper.
+    pub fn new(stream: TcpStream, shared: Arc<Shared>, header_timeout: Duration) -> Self {
+        shared.mark_waiting();
         Parkable {
             stream: Some(stream),
             shared,
             tail: 0,
             write_blocked: false,
-            idle: None,
+            header_timeout,
+            timer: None,
             begun_at_arm: 0,
+            long: false,
         }
     }
 
@@ -172,35 +222,76 @@ impl Parkable {
             && !s.never.load(Relaxed)
     }
 
-    /// The socket has nothing to read: park if idle for a whole [`PARK_AFTER`].
-    /// The timer is armed once and moved on only when it fires after activity,
+    /// The socket has nothing to read: park if idle for a whole [`PARK_AFTER`],
+    /// close if the head is overdue. The timer is moved on only when it fires
+    /// (or to bring a far head deadline nearer once the connection can park),
     /// so a busy connection pays for one timer per period, not per request.
-    fn poll_idle(&mut self, cx: &mut Context<'_>) -> bool {
-        if !self.parkable() {
-            return false;
+    /// Deadlines only move later, so a timer set earlier than needed is safe:
+    /// it fires, finds nothing due and is set again.
+    fn poll_idle(&mut self, cx: &mut Context<'_>) -> Idle {
+        let s = &*self.shared;
+        // In flight: body and upstream deadlines apply. A tunnel or HTTP/2 is
+        // not waiting for an HTTP/1 head.
+        if s.busy.load(Relaxed) > 0 || s.never.load(Relaxed) {
+            return Idle::Wait;
         }
-        let begun = self.shared.begun.load(Relaxed);
-        let Some(idle) = self.idle.as_mut() else {
-            let mut sleep = Box::pin(tokio::time::sleep(PARK_AFTER));
-            let _ = sleep.as_mut().poll(cx);
-            self.idle = Some(sleep);
-            self.begun_at_arm = begun;
-            return false;
+        let parkable = self.parkable();
+        let begun = s.begun.load(Relaxed);
+        let due = s.head_deadline(self.header_timeout);
+        match self.timer.as_mut() {
+            None => {}
+            // The timer has this task's waker since it was armed: no need to
+            // poll it until it fires (a far head deadline is brought nearer
+            // once the connection can park).
+            Some(t) if !t.is_elapsed() => {
+                let nearer = parkable && self.long;
+                if !nearer {
+                    return Idle::Wait;
+                }
+            }
+            Some(_) => {
+                if parkable && begun == self.begun_at_arm {
+                    if let Ok(mut slot) = s.parked.lock() {
+                        *slot = self.stream.take();
+                    }
+                    return Idle::Park;
+                }
+                if Instant::now() >= due {
+                    return Idle::Expired;
+                }
+            }
+        }
+        if parkable {
+            self.arm(cx, (Instant::now() + PARK_AFTER).min(due), false);
+        } else {
+            self.arm(cx, due, true);
+        }
+        Idle::Wait
+    }
+
+    /// Bytes moved: make sure the timer runs. hyper reads again only when
+    /// woken, so an idle connection learns that it is idle from this timer
+    /// (one that fired while a request was in flight is set again here, by the
+    /// answer's writes).
+    fn keep_timer(&mut self, cx: &mut Context<'_>) {
+        // A far head deadline is brought nearer too: the connection may be able to park sooner.
+        if self.long || self.timer.as_ref().is_none_or(|t| t.is_elapsed()) {
+            let due = self.shared.head_deadline(self.header_timeout);
+            self.arm(cx, (Instant::now() + PARK_AFTER).min(due), false);
+        }
+    }
+
+    fn arm(&mut self, cx: &mut Context<'_>, deadline: Instant, long: bool) {
+        self.begun_at_arm = self.shared.begun.load(Relaxed);
+        self.long = long;
+        let timer = match self.timer.as_mut() {
+            Some(t) => {
+                t.as_mut().reset(deadline);
+                t
+            }
+            None => self.timer.insert(Box::pin(tokio::time::sleep_until(deadline))),
         };
-        // The timer has this task's waker since it was armed: no need to poll it until it fires.
-        if !idle.is_elapsed() {
-            return false;
-        }
-        if begun != self.begun_at_arm {
-            self.begun_at_arm = begun;
-            idle.as_mut().reset(Instant::now() + PARK_AFTER);
-            let _ = idle.as_mut().poll(cx);
-            return false;
-        }
-        if let Ok(mut slot) = self.shared.parked.lock() {
-            *slot = self.stream.take();
-        }
-        true
+        let _ = timer.as_mut().poll(cx);
     }
 }
 
@@ -218,17 +309,26 @@ impl AsyncRead for Parkable {
                     Some(last) => u32::from_be_bytes(*last),
                     None => got.iter().fold(this.tail, |t, &b| (t << 8) | u32::from(b)),
                 };
+                this.keep_timer(cx);
                 Poll::Ready(Ok(()))
             }
-            Poll::Pending if this.poll_idle(cx) => Poll::Ready(Ok(())),
+            Poll::Pending => match this.poll_idle(cx) {
+                Idle::Wait => Poll::Pending,
+                Idle::Park => Poll::Ready(Ok(())),
+                Idle::Expired => Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "no complete request head within header_timeout",
+                ))),
+            },
             other => other,
         }
     }
 }
 
 impl Parkable {
-    fn track<T>(&mut self, r: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
+    fn track<T>(&mut self, cx: &mut Context<'_>, r: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
         self.write_blocked = r.is_pending();
+        self.keep_timer(cx);
         r
     }
 }
@@ -243,7 +343,7 @@ impl AsyncWrite for Parkable {
             Some(s) => Pin::new(s).poll_write(cx, buf),
             None => Poll::Ready(Err(gone())),
         };
-        self.track(r)
+        self.track(cx, r)
     }
 
     fn poll_write_vectored(
@@ -255,7 +355,7 @@ impl AsyncWrite for Parkable {
             Some(s) => Pin::new(s).poll_write_vectored(cx, bufs),
             None => Poll::Ready(Err(gone())),
         };
-        self.track(r)
+        self.track(cx, r)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -264,7 +364,11 @@ impl AsyncWrite for Parkable {
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.stream.as_mut() {
-            Some(s) => Pin::new(s).poll_flush(cx),
+            Some(s) => {
+                let r = Pin::new(s).poll_flush(cx);
+                self.keep_timer(cx);
+                r
+            }
             None => Poll::Ready(Ok(())),
         }
     }

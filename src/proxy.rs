@@ -637,12 +637,23 @@ fn rewrite_request_headers(h: &mut http::HeaderMap, origin: &Origin<'_>, host: O
     // the upstream sees only what gatekeeper verified. (`insert` replaces every
     // value the client sent; a removal costs a lookup, so only when needed.)
     let mut text = String::with_capacity(64);
-    match origin.resolved.client {
-        Some(client) => {
-            crate::client_ip::push_ip(&mut text, client);
-            if let Ok(v) = HeaderValue::from_str(&text) {
-                h.insert(X_REAL_IP.clone(), v);
-            }
+    let real_ip = origin.resolved.client.and_then(|client| {
+        crate::client_ip::push_ip(&mut text, client);
+        HeaderValue::from_str(&text).ok()
+    });
+    let chain = &origin.resolved.chain;
+    // Most often the chain is the client alone (no proxy in front): the same value, shared.
+    let forwarded_for = match (&real_ip, origin.resolved.client) {
+        (Some(v), Some(client)) if chain.len() == 1 && chain[0] == client => Some(v.clone()),
+        _ => {
+            text.clear();
+            format_chain_into(&mut text, chain);
+            HeaderValue::from_str(&text).ok()
+        }
+    };
+    match real_ip {
+        Some(v) => {
+            h.insert(X_REAL_IP.clone(), v);
         }
         None => {
             h.remove(&X_REAL_IP);
@@ -651,9 +662,7 @@ fn rewrite_request_headers(h: &mut http::HeaderMap, origin: &Origin<'_>, host: O
     if h.contains_key(&FORWARDED) {
         h.remove(&FORWARDED);
     }
-    text.clear();
-    format_chain_into(&mut text, &origin.resolved.chain);
-    if let Ok(v) = HeaderValue::from_str(&text) {
+    if let Some(v) = forwarded_for {
         h.insert(X_FORWARDED_FOR.clone(), v);
     }
     // A trusted proxy in front (a TLS-terminating balancer) knows the original

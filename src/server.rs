@@ -141,7 +141,8 @@ async fn serve_plain(mut stream: TcpStream, peer: SocketAddr, state: Arc<State>,
     let _open = count_open(&state);
     let shared = Arc::new(park::Shared::default());
     loop {
-        let io = park::Parkable::new(stream, shared.clone());
+        let header_timeout = state.snapshot().rt.config.server.header_timeout;
+        let io = park::Parkable::new(stream, shared.clone(), header_timeout);
         // Boxed: a parked connection's task then carries no hyper state.
         let clean = Box::pin(serve_connection(
             io,
@@ -187,7 +188,8 @@ where
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_timeout)
+        // Plain connections have theirs enforced by the parking wrapper, cheaper.
+        .header_read_timeout(park.is_none().then_some(limits.header_timeout))
         .max_buf_size(limits.max_header_size.max(8192))
         .max_headers(limits.max_headers);
     builder
