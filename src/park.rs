@@ -274,8 +274,9 @@ impl Parkable {
     /// (one that fired while a request was in flight is set again here, by the
     /// answer's writes).
     fn keep_timer(&mut self, cx: &mut Context<'_>) {
-        // A far head deadline is brought nearer too: the connection may be able to park sooner.
-        if self.long || self.timer.as_ref().is_none_or(|t| t.is_elapsed()) {
+        // A far head deadline is brought nearer too: the connection may be able to
+        // park sooner. A tunnel or HTTP/2 connection needs no timer.
+        if (self.long || self.timer.as_ref().is_none_or(|t| t.is_elapsed())) && !self.shared.never.load(Relaxed) {
             let due = self.shared.head_deadline(self.header_timeout);
             self.arm(cx, (Instant::now() + PARK_AFTER).min(due), false);
         }

@@ -282,3 +282,33 @@ async fn parked_connections_end_on_idle_timeout_and_on_stop() {
         t0.elapsed()
     );
 }
+
+/// A connection that cannot park (its last request had a body) is still
+/// closed once idle for `header_timeout`, and a half-sent head is dropped after
+/// it: gatekeeper's own head deadline, which replaces hyper's on plain connections.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn header_timeout_applies_to_connections_that_cannot_park() {
+    let env = start_with(|c| {
+        c.set("server.header_timeout", &q("1s"));
+    });
+    for (what, second) in [
+        ("idle after a POST", &b""[..]),
+        ("half a head after a POST", b"GET /echo HTTP/1.1\r\nHo"),
+    ] {
+        let mut s = connect_from(LOCALHOST, env.gk.addr).await.expect("connect");
+        s.write_all(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello")
+            .await
+            .expect("write");
+        let r = read_raw_response(&mut s, false).await;
+        assert_eq!(r.status, 200, "{what}");
+        s.write_all(second).await.expect("write");
+        let t0 = std::time::Instant::now();
+        let mut tmp = [0u8; 1024];
+        let end = tokio::time::timeout(Duration::from_secs(5), s.read(&mut tmp)).await;
+        let waited = t0.elapsed();
+        assert!(matches!(end, Ok(Ok(0))), "{what}: {end:?} after {waited:?}");
+        assert!(waited >= Duration::from_millis(800), "{what}: closed after {waited:?}");
+        assert!(waited < Duration::from_secs(3), "{what}: closed after {waited:?}");
+        assert_eq!(metric(env.admin, "gatekeeper_idle_connections").await, 0.0, "{what}");
+    }
+}
