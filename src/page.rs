@@ -482,6 +482,11 @@ pub struct Rendered {
     pub message: String,
     /// End of the scheduled window (RFC 3339), for the JSON answer.
     pub until: Option<String>,
+    /// The Retry-After the page was rendered with.
+    pub retry_after: u64,
+    /// The HTML answer's headers with that Retry-After, built once: a copy
+    /// costs a fraction of inserting them one by one for every request.
+    pub html_headers: http::HeaderMap,
 }
 
 /// Fills `{{message}}`, `{{retry_after}}` and `{{until}}` (empty when `None`)
@@ -519,10 +524,16 @@ pub fn render(
         }
     }
     out.push_str(rest);
+    let html = Bytes::from(out);
+    let mut html_headers = http::HeaderMap::with_capacity(6);
+    page_headers(&mut html_headers, HeaderValue::from_static(HTML_UTF8), html.len());
+    maintenance_headers(&mut html_headers, retry_after_secs);
     Rendered {
-        html: Bytes::from(out),
+        html,
         message: message.to_string(),
         until: until.map(str::to_string),
+        retry_after: retry_after_secs,
+        html_headers,
     }
 }
 
@@ -554,6 +565,10 @@ pub fn prefers_json(accept: Option<&HeaderValue>) -> bool {
     let Some(value) = accept.and_then(|v| v.to_str().ok()) else {
         return false;
     };
+    // curl's and most API clients' value: both match equally, HTML wins.
+    if value == "*/*" {
+        return false;
+    }
     let mut json: Option<Match> = None;
     let mut html: Option<Match> = None;
     for element in value.split(',') {
@@ -658,13 +673,21 @@ fn respond(status: StatusCode, content_type: HeaderValue, body: Bytes, method: &
     let body = if method == Method::HEAD { Bytes::new() } else { body };
     let mut resp = Response::new(Full::new(body));
     *resp.status_mut() = status;
-    let h = resp.headers_mut();
+    page_headers(resp.headers_mut(), content_type, len);
+    resp
+}
+
+fn page_headers(h: &mut http::HeaderMap, content_type: HeaderValue, len: usize) {
     h.insert(CONTENT_TYPE, content_type);
     h.insert(CONTENT_LENGTH, HeaderValue::from(len));
     // The page and its assets may change at the next flip; never cache them.
     h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     h.insert(X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
-    resp
+}
+
+fn maintenance_headers(h: &mut http::HeaderMap, retry_after_secs: u64) {
+    h.insert(RETRY_AFTER, HeaderValue::from(retry_after_secs));
+    h.insert(VARY, HeaderValue::from_static("Accept"));
 }
 
 /// The 503 answer. Headers: Content-Type (text/html; charset=utf-8 or
@@ -676,7 +699,19 @@ pub fn maintenance_response(
     accept: Option<&HeaderValue>,
     retry_after_secs: u64,
 ) -> Response<Full<Bytes>> {
-    let (content_type, body) = if prefers_json(accept) {
+    let json = prefers_json(accept);
+    if !json && retry_after_secs == r.retry_after {
+        let body = if method == Method::HEAD {
+            Bytes::new()
+        } else {
+            r.html.clone()
+        };
+        let mut resp = Response::new(Full::new(body));
+        *resp.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+        *resp.headers_mut() = r.html_headers.clone();
+        return resp;
+    }
+    let (content_type, body) = if json {
         (
             HeaderValue::from_static(JSON),
             Bytes::from(json_body(r, retry_after_secs)),
@@ -685,9 +720,7 @@ pub fn maintenance_response(
         (HeaderValue::from_static(HTML_UTF8), r.html.clone())
     };
     let mut resp = respond(StatusCode::SERVICE_UNAVAILABLE, content_type, body, method);
-    let h = resp.headers_mut();
-    h.insert(RETRY_AFTER, HeaderValue::from(retry_after_secs));
-    h.insert(VARY, HeaderValue::from_static("Accept"));
+    maintenance_headers(resp.headers_mut(), retry_after_secs);
     resp
 }
 
@@ -1046,6 +1079,31 @@ mod tests {
             "image/svg+xml; charset=utf-8"
         );
         assert!(p.asset("/index.html").is_none());
+    }
+
+    #[test]
+    fn prebuilt_page_headers_match_the_built_ones() {
+        use http_body::Body as _;
+        let r = render(&simple_pages("<p>{{retry_after}}</p>"), "m", 600, None, None);
+        for method in [Method::GET, Method::HEAD] {
+            let pre = maintenance_response(&r, &method, None, 600);
+            let built = maintenance_response(&r, &method, None, 599);
+            assert_eq!(pre.status(), StatusCode::SERVICE_UNAVAILABLE);
+            assert_eq!(pre.status(), built.status());
+            let names = |resp: &Response<Full<Bytes>>| {
+                let mut v: Vec<String> = resp.headers().keys().map(|k| k.to_string()).collect();
+                v.sort();
+                v
+            };
+            assert_eq!(names(&pre), names(&built));
+            assert_eq!(pre.headers()["retry-after"], "600");
+            assert_eq!(built.headers()["retry-after"], "599");
+            assert_eq!(pre.headers()["content-length"], r.html.len().to_string().as_str());
+            assert_eq!(
+                pre.body().size_hint().exact(),
+                Some(if method == Method::HEAD { 0 } else { r.html.len() as u64 })
+            );
+        }
     }
 
     fn simple_pages(tpl: &str) -> PageSet {
