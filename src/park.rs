@@ -40,7 +40,7 @@ use tokio::time::{Instant, Sleep};
 /// How long a connection must be idle before it parks: long enough that a
 /// client sending request after request never pays for rebuilding hyper's
 /// connection, short enough that idle connections give their buffers back
-/// before many pile up. A connection parks after 1–2 times this.
+/// before many pile up. Counted from the last answer.
 pub const PARK_AFTER: Duration = Duration::from_millis(20);
 
 const END_OF_HEAD: u32 = u32::from_be_bytes(*b"\r\n\r\n");
@@ -83,9 +83,9 @@ impl Shared {
         self.waiting_since.store(ns, Relaxed);
     }
 
-    /// When the head being waited for is due.
-    fn head_deadline(&self, header_timeout: Duration) -> Instant {
-        self.epoch + Duration::from_nanos(self.waiting_since.load(Relaxed)) + header_timeout
+    /// When the wait for the next head began.
+    fn waiting_since(&self) -> Instant {
+        self.epoch + Duration::from_nanos(self.waiting_since.load(Relaxed))
     }
 
     /// Called for each request as the service receives it; the guard lives
@@ -182,8 +182,6 @@ pub struct Parkable {
     write_blocked: bool,
     header_timeout: Duration,
     timer: Option<Pin<Box<Sleep>>>,
-    /// Requests begun when the timer was last armed.
-    begun_at_arm: u64,
     /// The timer is set for the head deadline, not for the next idle check.
     long: bool,
 }
@@ -208,7 +206,6 @@ impl Parkable {
             write_blocked: false,
             header_timeout,
             timer: None,
-            begun_at_arm: 0,
             long: false,
         }
     }
@@ -222,12 +219,12 @@ impl Parkable {
             && !s.never.load(Relaxed)
     }
 
-    /// The socket has nothing to read: park if idle for a whole [`PARK_AFTER`],
-    /// close if the head is overdue. The timer is moved on only when it fires
-    /// (or to bring a far head deadline nearer once the connection can park),
-    /// so a busy connection pays for one timer per period, not per request.
-    /// Deadlines only move later, so a timer set earlier than needed is safe:
-    /// it fires, finds nothing due and is set again.
+    /// The socket has nothing to read: park once [`PARK_AFTER`] has passed
+    /// since the last answer, close if the head is overdue. The timer is moved
+    /// on only when it fires (or to bring a far head deadline nearer once the
+    /// connection can park), so a busy connection pays for one timer per
+    /// period, not per request. Deadlines only move later, so a timer set
+    /// earlier than needed is safe: it fires, finds nothing due and is set again.
     fn poll_idle(&mut self, cx: &mut Context<'_>) -> Idle {
         let s = &*self.shared;
         // In flight: body and upstream deadlines apply. A tunnel or HTTP/2 is
@@ -236,8 +233,8 @@ impl Parkable {
             return Idle::Wait;
         }
         let parkable = self.parkable();
-        let begun = s.begun.load(Relaxed);
-        let due = s.head_deadline(self.header_timeout);
+        let since = s.waiting_since();
+        let (quiet, due) = (since + PARK_AFTER, since + self.header_timeout);
         match self.timer.as_mut() {
             None => {}
             // The timer has this task's waker since it was armed: no need to
@@ -250,19 +247,20 @@ impl Parkable {
                 }
             }
             Some(_) => {
-                if parkable && begun == self.begun_at_arm {
+                let now = Instant::now();
+                if parkable && now >= quiet {
                     if let Ok(mut slot) = s.parked.lock() {
                         *slot = self.stream.take();
                     }
                     return Idle::Park;
                 }
-                if Instant::now() >= due {
+                if now >= due {
                     return Idle::Expired;
                 }
             }
         }
         if parkable {
-            self.arm(cx, (Instant::now() + PARK_AFTER).min(due), false);
+            self.arm(cx, quiet.min(due), false);
         } else {
             self.arm(cx, due, true);
         }
@@ -277,13 +275,12 @@ impl Parkable {
         // A far head deadline is brought nearer too: the connection may be able to
         // park sooner. A tunnel or HTTP/2 connection needs no timer.
         if (self.long || self.timer.as_ref().is_none_or(|t| t.is_elapsed())) && !self.shared.never.load(Relaxed) {
-            let due = self.shared.head_deadline(self.header_timeout);
+            let due = self.shared.waiting_since() + self.header_timeout;
             self.arm(cx, (Instant::now() + PARK_AFTER).min(due), false);
         }
     }
 
     fn arm(&mut self, cx: &mut Context<'_>, deadline: Instant, long: bool) {
-        self.begun_at_arm = self.shared.begun.load(Relaxed);
         self.long = long;
         let timer = match self.timer.as_mut() {
             Some(t) => {
