@@ -484,8 +484,8 @@ pub struct Rendered {
     pub until: Option<String>,
     /// The Retry-After the page was rendered with.
     pub retry_after: u64,
-    /// The HTML answer's headers with that Retry-After, built once: a copy
-    /// costs a fraction of inserting them one by one for every request.
+    /// The HTML answer's headers with that Retry-After, built once and
+    /// copied into every maintenance answer.
     pub html_headers: http::HeaderMap,
 }
 
@@ -527,7 +527,8 @@ pub fn render(
     let html = Bytes::from(out);
     let mut html_headers = http::HeaderMap::with_capacity(6);
     page_headers(&mut html_headers, HeaderValue::from_static(HTML_UTF8), html.len());
-    maintenance_headers(&mut html_headers, retry_after_secs);
+    html_headers.insert(RETRY_AFTER, HeaderValue::from(retry_after_secs));
+    html_headers.insert(VARY, HeaderValue::from_static("Accept"));
     Rendered {
         html,
         message: message.to_string(),
@@ -685,11 +686,6 @@ fn page_headers(h: &mut http::HeaderMap, content_type: HeaderValue, len: usize) 
     h.insert(X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
 }
 
-fn maintenance_headers(h: &mut http::HeaderMap, retry_after_secs: u64) {
-    h.insert(RETRY_AFTER, HeaderValue::from(retry_after_secs));
-    h.insert(VARY, HeaderValue::from_static("Accept"));
-}
-
 /// The 503 answer. Headers: Content-Type (text/html; charset=utf-8 or
 /// application/json), Retry-After, Cache-Control: no-store, Content-Length,
 /// Vary: Accept. HEAD → empty body, same headers.
@@ -699,28 +695,26 @@ pub fn maintenance_response(
     accept: Option<&HeaderValue>,
     retry_after_secs: u64,
 ) -> Response<Full<Bytes>> {
-    let json = prefers_json(accept);
-    if !json && retry_after_secs == r.retry_after {
-        let body = if method == Method::HEAD {
-            Bytes::new()
-        } else {
-            r.html.clone()
-        };
-        let mut resp = Response::new(Full::new(body));
-        *resp.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
-        *resp.headers_mut() = r.html_headers.clone();
-        return resp;
+    let json = prefers_json(accept).then(|| Bytes::from(json_body(r, retry_after_secs)));
+    // The rendering's headers, changed where this answer differs: a copy costs
+    // a fraction of inserting them one by one.
+    let mut h = r.html_headers.clone();
+    if let Some(body) = &json {
+        h.insert(CONTENT_TYPE, HeaderValue::from_static(JSON));
+        h.insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
     }
-    let (content_type, body) = if json {
-        (
-            HeaderValue::from_static(JSON),
-            Bytes::from(json_body(r, retry_after_secs)),
-        )
+    if retry_after_secs != r.retry_after {
+        h.insert(RETRY_AFTER, HeaderValue::from(retry_after_secs));
+    }
+    // HEAD: same headers (including the would-be Content-Length), no body.
+    let body = if method == Method::HEAD {
+        Bytes::new()
     } else {
-        (HeaderValue::from_static(HTML_UTF8), r.html.clone())
+        json.unwrap_or_else(|| r.html.clone())
     };
-    let mut resp = respond(StatusCode::SERVICE_UNAVAILABLE, content_type, body, method);
-    maintenance_headers(resp.headers_mut(), retry_after_secs);
+    let mut resp = Response::new(Full::new(body));
+    *resp.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+    *resp.headers_mut() = h;
     resp
 }
 

@@ -87,9 +87,6 @@ pub struct UpstreamClient {
     /// starts a new pool, and connections leased from the old one are not returned to it.
     id: u64,
     kind: Kind,
-    /// What it was built for, to tell whether a reloaded config can keep it.
-    target: UpstreamTarget,
-    connect_timeout: Duration,
 }
 
 #[derive(Clone)]
@@ -144,17 +141,7 @@ impl UpstreamClient {
                 },
             },
         };
-        UpstreamClient {
-            id,
-            kind,
-            target: cfg.target.clone(),
-            connect_timeout: cfg.connect_timeout,
-        }
-    }
-
-    /// Whether this client (and its pooled connections) serves `cfg` as a new one would.
-    pub fn serves(&self, cfg: &Upstream) -> bool {
-        self.target == cfg.target && self.connect_timeout == cfg.connect_timeout
+        UpstreamClient { id, kind }
     }
 
     /// The upstream URI for a request target. HTTP/1.1 connections are our
@@ -450,7 +437,7 @@ pub async fn forward(
             host.clone(),
         )
     });
-    upstream_headers(&mut parts.headers, upstream, origin, host, upgrade);
+    rewrite_request_headers(&mut parts.headers, upstream, origin, host, upgrade);
     let out = Request::from_parts(parts, body);
     // Pinned where it is: handing the future itself to `timeout` would copy it twice.
     let exchange = std::pin::pin!(async {
@@ -462,7 +449,7 @@ pub async fn forward(
                 let Some((method, uri, mut headers, host)) = retry else {
                     return Err(e);
                 };
-                upstream_headers(&mut headers, upstream, origin, host, upgrade);
+                rewrite_request_headers(&mut headers, upstream, origin, host, upgrade);
                 let mut again = Request::new(empty());
                 *again.method_mut() = method;
                 *again.uri_mut() = uri;
@@ -609,24 +596,13 @@ fn request_body_error(e: &buffer::RequestBodyError) -> Response<Body> {
 }
 
 /// The client's request headers as the upstream gets them.
-fn upstream_headers(
+fn rewrite_request_headers(
     h: &mut http::HeaderMap,
     upstream: &UpstreamClient,
     origin: &Origin<'_>,
     host: Option<HeaderValue>,
     upgrade: bool,
 ) {
-    let no_host = host.is_none();
-    rewrite_request_headers(h, origin, host, upgrade);
-    if no_host {
-        // HTTP/1.0 without Host: HTTP/1.1 upstreams require one; name the upstream.
-        if let Some(v) = upstream.default_host() {
-            h.insert(header::HOST, v);
-        }
-    }
-}
-
-fn rewrite_request_headers(h: &mut http::HeaderMap, origin: &Origin<'_>, host: Option<HeaderValue>, upgrade: bool) {
     hop::strip(h, upgrade);
     // Room for the headers added below at once, rather than a regrowth midway.
     h.reserve(4);
@@ -681,8 +657,16 @@ fn rewrite_request_headers(h: &mut http::HeaderMap, origin: &Origin<'_>, host: O
             }
         }
     }
-    if let Some(host) = host {
-        h.insert(header::HOST, host);
+    match host {
+        Some(host) => {
+            h.insert(header::HOST, host);
+        }
+        // HTTP/1.0 without Host: HTTP/1.1 upstreams require one; name the upstream.
+        None => {
+            if let Some(v) = upstream.default_host() {
+                h.insert(header::HOST, v);
+            }
+        }
     }
 }
 

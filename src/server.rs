@@ -157,11 +157,10 @@ async fn serve_plain(mut stream: TcpStream, peer: SocketAddr, state: Arc<State>,
         let (true, Some(s)) = (clean, parked) else { return };
         stream = s;
         // Idle keep-alive is bounded by header_timeout, as before parking.
-        let limit = state.snapshot().rt.config.server.header_timeout;
         let idle = &state.metrics.idle_connections;
         idle.inc();
         let woke = tokio::select! {
-            r = tokio::time::timeout(limit, stream.readable()) => matches!(r, Ok(Ok(()))),
+            r = tokio::time::timeout(header_timeout, stream.readable()) => matches!(r, Ok(Ok(()))),
             _ = shutdown.cancelled() => false,
         };
         idle.dec();

@@ -127,7 +127,8 @@ impl Runtime {
 
     /// Takes over `old`'s upstream client when this config names the same upstream.
     pub fn keep_upstream_of(&mut self, old: &Runtime) {
-        if old.upstream.serves(&self.config.upstream) {
+        let (a, b) = (&old.config.upstream, &self.config.upstream);
+        if a.target == b.target && a.connect_timeout == b.connect_timeout {
             self.upstream = old.upstream.clone();
         }
     }

@@ -1173,6 +1173,12 @@ async fn json_logs_and_one_line_per_flip() {
     assert_eq!(flips(&lines).len(), 5, "{}", gk.log());
 }
 
+async fn three_gets(c: &mut Conn) {
+    for _ in 0..3 {
+        assert_eq!(c.get("/echo").await.status, 200);
+    }
+}
+
 /// A reload that leaves the upstream alone keeps its pooled connections; one
 /// that names another upstream sends every next request there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1183,9 +1189,7 @@ async fn reload_keeps_upstream_connections_unless_the_upstream_changes() {
     let mut cfg = fx.config(&a.url());
     let gk = Gatekeeper::start(&fx, &cfg);
     let mut c = Conn::open(LOCALHOST, gk.addr).await;
-    for _ in 0..3 {
-        assert_eq!(c.get("/echo").await.status, 200);
-    }
+    three_gets(&mut c).await;
     let opened = a.connections();
     let served = a.hits().len();
 
@@ -1195,9 +1199,7 @@ async fn reload_keeps_upstream_connections_unless_the_upstream_changes() {
         "{}",
         gk.log()
     );
-    for _ in 0..3 {
-        assert_eq!(c.get("/echo").await.status, 200);
-    }
+    three_gets(&mut c).await;
     assert_eq!(a.hits().len(), served + 3);
     assert_eq!(
         a.connections(),
@@ -1212,9 +1214,7 @@ async fn reload_keeps_upstream_connections_unless_the_upstream_changes() {
         "{}",
         gk.log()
     );
-    for _ in 0..3 {
-        assert_eq!(c.get("/echo").await.status, 200);
-    }
+    three_gets(&mut c).await;
     assert_eq!(
         a.hits().len(),
         served + 3,
