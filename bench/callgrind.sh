@@ -4,7 +4,8 @@
 # front of a local nginx `return 200`; a Python client sends N1, then (in a second
 # run) N2 requests on one kept-alive connection; per request = (I2 - I1) / (N2 - N1),
 # so start-up and shutdown cancel out. Both the proxied path and the maintenance
-# page are measured.
+# page are measured, then the same for nginx in gatekeeper's place and for the
+# hyper floor (bench/hyper_floor.rs: the same stack with nothing of gatekeeper's).
 #
 #   bench/callgrind.sh            # N1=1000, N2=5000
 #   N1=500 N2=2500 bench/callgrind.sh
@@ -16,7 +17,9 @@ cd "$(dirname "$0")/.."
 N1=${N1:-1000}
 N2=${N2:-5000}
 BIN=${GATEKEEPER_BIN:-target/release/gatekeeper}
-[ -x "$BIN" ] || cargo build --release --locked >&2
+FLOOR=${FLOOR_BIN:-target/release/examples/hyper_floor}
+[ -x "$BIN" ] || cargo build --release --locked --bin gatekeeper >&2
+[ -x "$FLOOR" ] || cargo build --release --locked --example hyper_floor >&2
 command -v valgrind >/dev/null || { echo "valgrind is not installed" >&2; exit 1; }
 command -v nginx >/dev/null || { echo "nginx is not installed" >&2; exit 1; }
 
@@ -73,6 +76,7 @@ count() {
     local cmd=("$BIN" run -c "$W/gk.toml")
     # nginx stops gracefully on QUIT; callgrind writes its counts at exit.
     [ "$server" = nginx ] && cmd=(nginx -c "$W/ngx/$label.conf" -p "$W/ngx" -e "$W/ngx/error.log") stop=QUIT
+    [ "$server" = floor ] && cmd=("$FLOOR" "127.0.0.1:$GK" "127.0.0.1:$UP" 2)
     valgrind --tool=callgrind --dump-instr=no --callgrind-out-file="$out" "${cmd[@]}" 2>/dev/null &
     local vp=$!
     for _ in $(seq 1 200); do
@@ -133,3 +137,4 @@ ngx_conf "$W/ngx/maintenance-page.conf" "    root $PWD/static;
     location / { return 503; }"
 per_request nginx proxied
 per_request nginx maintenance-page
+per_request floor proxied

@@ -79,8 +79,8 @@ w(f"load average (1/5/15 min; other work on the host shows here): before {meta.g
 w(f"versions: gatekeeper {meta.get('gk_version')}; {meta.get('nginx_version')}; {meta.get('haproxy_version')}; {meta.get('wrk_version')}")
 w(f"mode: {meta.get('mode')}: {meta.get('rounds')} round(s) x {meta.get('duration')} s per wrk run, rounds interleaved "
   f"(round r: every target once, order rotated), wrk -t{meta.get('threads')}; medians over rounds, errors summed")
-w("workers: gatekeeper = tokio multi-thread, 2 workers (1 per core); nginx proxy = worker_processes 2; "
-  "HAProxy = nbthread 2")
+w("workers: gatekeeper = 2 workers (1 per core), each a single-threaded tokio runtime; nginx proxy = "
+  "worker_processes 2; HAProxy = nbthread 2; hyper floor = 2 workers like gatekeeper's")
 w("upstream (all rows): nginx, worker_processes 1, `return 200 \"ok\\n\"`, keepalive_requests 1000000, access_log off")
 w("CPU budget: NO pinning - wrk (2 threads), the upstream (1 worker) and the proxy under test (2 workers)")
 w("  all share the same 2 cores, so absolute figures are low and ratios are what counts.")
@@ -96,11 +96,12 @@ labels = {
     "nginx": "nginx proxy_pass+keepalive",
     "haproxy": "HAProxy http-reuse always",
     "gatekeeper": "gatekeeper",
+    "floor": "hyper floor",
 }
 conns_list = sorted({k[2] for k in rows if k[0] == "proxy"})
 for c in conns_list:
     ng, hp = agg(("proxy", "nginx", c)), agg(("proxy", "haproxy", c))
-    for t in ("direct", "nginx", "haproxy", "gatekeeper"):
+    for t in ("direct", "nginx", "haproxy", "gatekeeper", "floor"):
         a = agg(("proxy", t, c))
         if not a:
             continue
@@ -108,6 +109,8 @@ for c in conns_list:
         rn = fmt_ratio(ratio(a["rps"], ng["rps"] if ng else None))
         rh = fmt_ratio(ratio(a["rps"], hp["rps"] if hp else None))
         w(f"{labels[t]:<26}{c:>6}{a['rps']:>11.0f}{a['p50']:>9.2f}{a['p99']:>9.2f}{a['err']:>8}{rss:>14}{rn:>10}{rh:>12}")
+w("  (hyper floor: bench/hyper_floor.rs, the same runtimes and hyper HTTP/1.1 server and client with")
+w("   nothing of gatekeeper's - no decision, pool, timeouts or parking - what this stack costs at least)")
 w("  (peak RSS: sum of VmRSS over the proxy's processes, sampled every 0.2 s during the runs;")
 w("   nginx = master + 2 workers, so shared pages are counted once per process)")
 w("")
@@ -211,5 +214,12 @@ if prop:
 line("idle RSS", f"{mib(idle_rss)} MiB", "< 10 MiB", idle_rss / 1024 < 10 if idle_rss else None)
 if idle:
     line("RSS with 10,000 idle keep-alive conns", f"{mib(idle['rss_kib'])} MiB", "< 64 MiB", idle["rss_kib"] / 1024 < 64)
+# The stack's own floor, same run: what no change inside gatekeeper can beat.
+floor = [(c, agg(("proxy", "floor", c)), agg(("proxy", "nginx", c))) for c in conns_list]
+floor = [(c, f, n) for c, f, n in floor if f and n]
+if floor:
+    w("Context: the hyper floor (bench/hyper_floor.rs) in the same run, vs nginx")
+    for c, f, n in floor:
+        w(f"   @{c}: req/s {fmt_ratio(ratio(f['rps'], n['rps']))}, p99 {fmt_ratio(ratio(f['p99'], n['p99']))}")
 
 print("\n".join(out))

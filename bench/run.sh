@@ -45,6 +45,9 @@ FLIPS=200
 IDLE_CONNS=10000
 LINGER=15              # recount the idle connections this long after opening them (idle keep-alive timeout probe)
 GK_BIN=${GATEKEEPER_BIN:-$ROOT/target/release/gatekeeper}
+# The same stack with nothing of gatekeeper's (bench/hyper_floor.rs): its row
+# tells gatekeeper's own cost from hyper's.
+FLOOR_BIN=${FLOOR_BIN:-$ROOT/target/release/examples/hyper_floor}
 STATIC=${STATIC_DIR:-$ROOT/static}
 
 log() { printf '[bench %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
@@ -68,12 +71,14 @@ fi
 if ((BUILD)) && [[ -z ${GATEKEEPER_BIN:-} ]]; then
   for try in 1 2 3 4 5; do
     log "cargo build --release (try $try)"
-    if (cd "$ROOT" && cargo build --release --quiet); then break; fi
+    if (cd "$ROOT" && cargo build --release --quiet --bin gatekeeper --example hyper_floor); then break; fi
     ((try < 5)) || die "cargo build --release keeps failing"
     sleep 30
   done
 fi
 [[ -x $GK_BIN ]] || die "no gatekeeper binary at $GK_BIN"
+PROXY_TARGETS=(direct nginx haproxy gatekeeper)
+if [[ -x $FLOOR_BIN ]]; then PROXY_TARGETS+=(floor); else log "no $FLOOR_BIN: the hyper floor row is left out"; fi
 [[ -f $STATIC/index.html ]] || die "no $STATIC/index.html"
 
 # ---------------------------------------------------------------- limits
@@ -166,7 +171,7 @@ print(" ".join(str(s.getsockname()[1]) for s in socks))
 EOF
 }
 
-read -r P_UP P_NGX P_HAP P_GK P_NGXM P_GKM P_GKA1 P_GKA100K P_GKP P_GKI <<<"$(free_ports 10)"
+read -r P_UP P_NGX P_HAP P_GK P_NGXM P_GKM P_GKA1 P_GKA100K P_GKP P_GKI P_FLOOR <<<"$(free_ports 11)"
 
 # ---------------------------------------------------------------- configs
 nginx_common() { # DIR : global part shared by every nginx instance
@@ -343,6 +348,10 @@ start nginx-maint nginx -e "$T/nginx-maint/error.log" -p "$T/nginx-maint" -c "$T
 PID_NGXM=$LAST_PID
 start haproxy haproxy -db -f "$T/haproxy/haproxy.cfg"
 PID_HAP=$LAST_PID
+if [[ -x $FLOOR_BIN ]]; then
+  start floor "$FLOOR_BIN" "127.0.0.1:$P_FLOOR" "127.0.0.1:$P_UP" 2
+  PID_FLOOR=$LAST_PID
+fi
 declare -A GKPID
 for n in gk gkm gka1 gka100k gkp; do
   start "$n" "$GK_BIN" run -c "$T/$n/gatekeeper.toml"
@@ -353,6 +362,7 @@ wait_http "$P_UP" 200
 wait_http "$P_NGX" 200
 wait_http "$P_HAP" 200
 wait_http "$P_GK" 200
+[[ -z ${PID_FLOOR:-} ]] || wait_http "$P_FLOOR" 200
 wait_http "$P_NGXM" 503
 wait_http "$P_GKM" 503
 wait_http "$P_GKA1" 200
@@ -372,6 +382,7 @@ URL[proxy/direct]=$P_UP
 URL[proxy/nginx]=$P_NGX
 URL[proxy/haproxy]=$P_HAP
 URL[proxy/gatekeeper]=$P_GK
+URL[proxy/floor]=$P_FLOOR
 URL[maint/nginx]=$P_NGXM
 URL[maint/gatekeeper]=$P_GKM
 URL[allow/allow1]=$P_GKA1
@@ -380,6 +391,7 @@ RSSPIDS[proxy/direct]="$PID_UP $(children "$PID_UP")"
 RSSPIDS[proxy/nginx]="$PID_NGX $(children "$PID_NGX")"
 RSSPIDS[proxy/haproxy]=$PID_HAP
 RSSPIDS[proxy/gatekeeper]=${GKPID[gk]}
+RSSPIDS[proxy/floor]=${PID_FLOOR:-}
 RSSPIDS[maint/nginx]="$PID_NGXM $(children "$PID_NGXM")"
 RSSPIDS[maint/gatekeeper]=${GKPID[gkm]}
 RSSPIDS[allow/allow1]=${GKPID[gka1]}
@@ -461,8 +473,8 @@ interleaved() {
   done
 }
 
-log "1/6 proxied: ${ROUNDS} round(s) x ${PROXY_CONNS[*]} conns x 4 targets x ${DURATION}s"
-interleaved proxy "${PROXY_CONNS[*]}" direct nginx haproxy gatekeeper
+log "1/6 proxied: ${ROUNDS} round(s) x ${PROXY_CONNS[*]} conns x ${#PROXY_TARGETS[@]} targets x ${DURATION}s"
+interleaved proxy "${PROXY_CONNS[*]}" "${PROXY_TARGETS[@]}"
 log "2/6 maintenance page"
 interleaved maint "${SIDE_CONNS[*]}" nginx gatekeeper
 log "3/6 allowlist 1 vs $ALLOW_N entries"

@@ -1,0 +1,132 @@
+//! The floor of gatekeeper's stack: the least a reverse proxy built on the same
+//! pieces (tokio current-thread runtimes, one per worker, SO_REUSEPORT
+//! listeners, hyper's HTTP/1.1 server and client connections) can cost per
+//! request. No decision, no allowlist, no timeouts, no pool: each client
+//! connection gets one upstream connection of its own, requests go through
+//! unchanged but for the three headers nginx's bench config adds. Not part of
+//! gatekeeper; `bench/callgrind.sh` and `bench/run.sh` measure it beside
+//! gatekeeper and nginx, to tell gatekeeper's own cost from hyper's.
+//!
+//!   cargo run --release --example hyper_floor -- 127.0.0.1:8081 127.0.0.1:8080 [WORKERS]
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use http::header::{HeaderName, HeaderValue};
+use http_body_util::{Either, Empty};
+use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::{TcpListener, TcpStream};
+
+type Error = Box<dyn std::error::Error + Send + Sync>;
+
+fn main() -> Result<(), Error> {
+    let args: Vec<String> = std::env::args().collect();
+    let (Some(listen), Some(upstream)) = (args.get(1), args.get(2)) else {
+        return Err("usage: hyper_floor LISTEN UPSTREAM [WORKERS]".into());
+    };
+    let listen: SocketAddr = listen.parse()?;
+    let upstream: SocketAddr = upstream.parse()?;
+    let workers: usize = args.get(3).map(|w| w.parse()).transpose()?.unwrap_or(2);
+    let mut threads = Vec::new();
+    for _ in 0..workers {
+        let listener = bind(listen)?;
+        threads.push(std::thread::spawn(move || worker(listener, upstream)));
+    }
+    for t in threads {
+        t.join().map_err(|_| "worker panicked")??;
+    }
+    Ok(())
+}
+
+fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    s.set_reuse_address(true)?;
+    s.set_reuse_port(true)?;
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    s.listen(4096)?;
+    Ok(s.into())
+}
+
+fn worker(listener: std::net::TcpListener, upstream: SocketAddr) -> Result<(), Error> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(async move {
+        let listener = TcpListener::from_std(listener)?;
+        loop {
+            let Ok((stream, peer)) = listener.accept().await else {
+                // Out of descriptors, most likely: let some close.
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
+            tokio::spawn(async move {
+                let upstream_conn = Arc::new(Mutex::new(None));
+                let svc = service_fn(move |req| forward(req, peer, upstream, upstream_conn.clone()));
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .with_upgrades()
+                    .await;
+            });
+        }
+    })
+}
+
+/// The upstream's body, or an empty one for a 502.
+type Answer = Either<Incoming, Empty<Bytes>>;
+
+type Slot = Arc<Mutex<Option<SendRequest<Incoming>>>>;
+
+async fn forward(
+    mut req: Request<Incoming>,
+    peer: SocketAddr,
+    upstream: SocketAddr,
+    slot: Slot,
+) -> Result<Response<Answer>, Infallible> {
+    let ip = HeaderValue::from_str(&peer.ip().to_string()).unwrap_or(HeaderValue::from_static("-"));
+    let h = req.headers_mut();
+    h.insert(HeaderName::from_static("x-real-ip"), ip.clone());
+    h.insert(HeaderName::from_static("x-forwarded-for"), ip);
+    h.insert(
+        HeaderName::from_static("x-forwarded-proto"),
+        HeaderValue::from_static("http"),
+    );
+    let taken = slot.lock().ok().and_then(|mut s| s.take());
+    let mut sender = match taken {
+        Some(s) => s,
+        None => match connect(upstream).await {
+            Ok(s) => s,
+            Err(_) => return Ok(bad_gateway()),
+        },
+    };
+    if sender.ready().await.is_err() {
+        return Ok(bad_gateway());
+    }
+    let resp = sender.send_request(req).await;
+    if let Ok(mut s) = slot.lock() {
+        *s = Some(sender);
+    }
+    Ok(resp.map_or_else(|_| bad_gateway(), |r| r.map(Either::Left)))
+}
+
+async fn connect(upstream: SocketAddr) -> Result<SendRequest<Incoming>, Error> {
+    let stream = TcpStream::connect(upstream).await?;
+    stream.set_nodelay(true)?;
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(async move {
+        let _ = conn.with_upgrades().await;
+    });
+    Ok(sender)
+}
+
+fn bad_gateway() -> Response<Answer> {
+    let mut r = Response::new(Either::Right(Empty::new()));
+    *r.status_mut() = StatusCode::BAD_GATEWAY;
+    r
+}
