@@ -33,26 +33,16 @@ fn main() -> Result<(), Error> {
     let listen: SocketAddr = listen.parse()?;
     let upstream: SocketAddr = upstream.parse()?;
     let workers: usize = args.get(3).map(|w| w.parse()).transpose()?.unwrap_or(2);
+    // gatekeeper's own listeners: one SO_REUSEPORT socket per worker.
+    let sets = gatekeeper::server::bind(&[listen], workers).map_err(|(addr, e)| format!("{addr}: {e}"))?;
     let mut threads = Vec::new();
-    for _ in 0..workers {
-        let listener = bind(listen)?;
+    for listener in sets.into_iter().flatten() {
         threads.push(std::thread::spawn(move || worker(listener, upstream)));
     }
     for t in threads {
         t.join().map_err(|_| "worker panicked")??;
     }
     Ok(())
-}
-
-fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
-    use socket2::{Domain, Protocol, Socket, Type};
-    let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-    s.set_reuse_address(true)?;
-    s.set_reuse_port(true)?;
-    s.set_nonblocking(true)?;
-    s.bind(&addr.into())?;
-    s.listen(4096)?;
-    Ok(s.into())
 }
 
 fn worker(listener: std::net::TcpListener, upstream: SocketAddr) -> Result<(), Error> {
