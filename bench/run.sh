@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # gatekeeper benchmark: gatekeeper vs nginx vs HAProxy on loopback, one table.
 #
-#   bench/run.sh            full run (5 interleaved rounds, 6 s per wrk run; ~7 minutes)
+#   bench/run.sh            full run (5 interleaved rounds, 6 s per wrk run; ~8.5 minutes)
 #   bench/run.sh --quick    short run (1 round, 3 s per wrk run; ~1.5 minutes)
 #
 # Options: --no-build (use the existing binary), --keep (keep the work dir),
