@@ -5,7 +5,8 @@
 # run) N2 requests on one kept-alive connection; per request = (I2 - I1) / (N2 - N1),
 # so start-up and shutdown cancel out. Both the proxied path and the maintenance
 # page are measured, then the same for nginx in gatekeeper's place and for the
-# hyper floor (bench/hyper_floor.rs: the same stack with nothing of gatekeeper's).
+# hyper floor (bench/hyper_floor.rs: the same stack with nothing of gatekeeper's),
+# also with its hand-written upstream side (floor-raw).
 #
 #   bench/callgrind.sh            # N1=1000, N2=5000
 #   N1=500 N2=2500 bench/callgrind.sh
@@ -77,6 +78,7 @@ count() {
     # nginx stops gracefully on QUIT; callgrind writes its counts at exit.
     [ "$server" = nginx ] && cmd=(nginx -c "$W/ngx/$label.conf" -p "$W/ngx" -e "$W/ngx/error.log") stop=QUIT
     [ "$server" = floor ] && cmd=("$FLOOR" "127.0.0.1:$GK" "127.0.0.1:$UP" 2)
+    [ "$server" = floor-raw ] && cmd=("$FLOOR" "127.0.0.1:$GK" "127.0.0.1:$UP" 2 raw)
     valgrind --tool=callgrind --dump-instr=no --callgrind-out-file="$out" "${cmd[@]}" 2>/dev/null &
     local vp=$!
     for _ in $(seq 1 200); do
@@ -138,3 +140,4 @@ ngx_conf "$W/ngx/maintenance-page.conf" "    root $PWD/static;
 per_request nginx proxied
 per_request nginx maintenance-page
 per_request floor proxied
+per_request floor-raw proxied

@@ -7,7 +7,12 @@
 //! gatekeeper; `bench/callgrind.sh` and `bench/run.sh` measure it beside
 //! gatekeeper and nginx, to tell gatekeeper's own cost from hyper's.
 //!
-//!   cargo run --release --example hyper_floor -- 127.0.0.1:8081 127.0.0.1:8080 [WORKERS]
+//! With `raw` as the fourth argument the upstream side is not hyper's client
+//! but a few lines of hand-written HTTP/1.1 (httparse; bodiless requests and
+//! Content-Length answers only, nothing else): a lower bound for what the
+//! upstream side of a proxy on hyper's server could cost without hyper's client.
+//!
+//!   cargo run --release --example hyper_floor -- 127.0.0.1:8081 127.0.0.1:8080 [WORKERS] [raw]
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -15,12 +20,13 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue};
-use http_body_util::{Either, Empty};
+use http_body_util::{Either, Empty, Full};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
@@ -28,16 +34,21 @@ type Error = Box<dyn std::error::Error + Send + Sync>;
 fn main() -> Result<(), Error> {
     let args: Vec<String> = std::env::args().collect();
     let (Some(listen), Some(upstream)) = (args.get(1), args.get(2)) else {
-        return Err("usage: hyper_floor LISTEN UPSTREAM [WORKERS]".into());
+        return Err("usage: hyper_floor LISTEN UPSTREAM [WORKERS] [raw]".into());
     };
     let listen: SocketAddr = listen.parse()?;
     let upstream: SocketAddr = upstream.parse()?;
     let workers: usize = args.get(3).map(|w| w.parse()).transpose()?.unwrap_or(2);
+    let raw = match args.get(4).map(String::as_str) {
+        None => false,
+        Some("raw") => true,
+        Some(other) => return Err(format!("unknown mode {other:?} (raw or nothing)").into()),
+    };
     // gatekeeper's own listeners: one SO_REUSEPORT socket per worker.
     let sets = gatekeeper::server::bind(&[listen], workers).map_err(|(addr, e)| format!("{addr}: {e}"))?;
     let mut threads = Vec::new();
     for listener in sets.into_iter().flatten() {
-        threads.push(std::thread::spawn(move || worker(listener, upstream)));
+        threads.push(std::thread::spawn(move || worker(listener, upstream, raw)));
     }
     for t in threads {
         t.join().map_err(|_| "worker panicked")??;
@@ -45,7 +56,7 @@ fn main() -> Result<(), Error> {
     Ok(())
 }
 
-fn worker(listener: std::net::TcpListener, upstream: SocketAddr) -> Result<(), Error> {
+fn worker(listener: std::net::TcpListener, upstream: SocketAddr, raw: bool) -> Result<(), Error> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(async move {
         let listener = TcpListener::from_std(listener)?;
@@ -56,6 +67,16 @@ fn worker(listener: std::net::TcpListener, upstream: SocketAddr) -> Result<(), E
                 continue;
             };
             let _ = stream.set_nodelay(true);
+            if raw {
+                tokio::spawn(async move {
+                    let slot: RawSlot = Arc::new(Mutex::new(None));
+                    let svc = service_fn(move |req| forward_raw(req, peer, upstream, slot.clone()));
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+                continue;
+            }
             tokio::spawn(async move {
                 let upstream_conn = Arc::new(Mutex::new(None));
                 let svc = service_fn(move |req| forward(req, peer, upstream, upstream_conn.clone()));
@@ -117,6 +138,105 @@ async fn connect(upstream: SocketAddr) -> Result<SendRequest<Incoming>, Error> {
 
 fn bad_gateway() -> Response<Answer> {
     let mut r = Response::new(Either::Right(Empty::new()));
+    *r.status_mut() = StatusCode::BAD_GATEWAY;
+    r
+}
+
+/// An upstream connection of the hand-written client, with its buffers.
+struct Raw {
+    stream: TcpStream,
+    buf: Vec<u8>,
+    head: Vec<u8>,
+}
+
+type RawSlot = Arc<Mutex<Option<Raw>>>;
+
+async fn forward_raw(
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    upstream: SocketAddr,
+    slot: RawSlot,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let taken = slot.lock().ok().and_then(|mut s| s.take());
+    let mut raw = match taken {
+        Some(r) => r,
+        None => match TcpStream::connect(upstream).await {
+            Ok(stream) => {
+                let _ = stream.set_nodelay(true);
+                Raw {
+                    stream,
+                    buf: Vec::with_capacity(8192),
+                    head: Vec::with_capacity(1024),
+                }
+            }
+            Err(_) => return Ok(raw_bad_gateway()),
+        },
+    };
+    let h = &mut raw.head;
+    h.clear();
+    h.extend_from_slice(req.method().as_str().as_bytes());
+    h.push(b' ');
+    h.extend_from_slice(req.uri().path_and_query().map_or("/", |p| p.as_str()).as_bytes());
+    h.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in req.headers() {
+        for part in [name.as_str().as_bytes(), b": ", value.as_bytes(), b"\r\n"] {
+            h.extend_from_slice(part);
+        }
+    }
+    let ip = peer.ip().to_string();
+    for name in ["x-real-ip: ", "x-forwarded-for: "] {
+        for part in [name.as_bytes(), ip.as_bytes(), b"\r\n"] {
+            h.extend_from_slice(part);
+        }
+    }
+    h.extend_from_slice(b"x-forwarded-proto: http\r\n\r\n");
+    if raw.stream.write_all(&raw.head).await.is_err() {
+        return Ok(raw_bad_gateway());
+    }
+    raw.buf.clear();
+    loop {
+        let mut headers = [httparse::EMPTY_HEADER; 64];
+        let mut head = httparse::Response::new(&mut headers);
+        match head.parse(&raw.buf) {
+            Ok(httparse::Status::Complete(n)) => {
+                let len: usize = head
+                    .headers
+                    .iter()
+                    .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+                    .and_then(|h| std::str::from_utf8(h.value).ok()?.trim().parse().ok())
+                    .unwrap_or(0);
+                let mut out = Response::builder().status(head.code.unwrap_or(502));
+                for h in head
+                    .headers
+                    .iter()
+                    .filter(|h| !h.name.eq_ignore_ascii_case("connection"))
+                {
+                    out = out.header(h.name, h.value);
+                }
+                while raw.buf.len() < n + len {
+                    if raw.stream.read_buf(&mut raw.buf).await.unwrap_or(0) == 0 {
+                        return Ok(raw_bad_gateway());
+                    }
+                }
+                let body = Bytes::copy_from_slice(&raw.buf[n..n + len]);
+                let answer = out.body(Full::new(body)).unwrap_or_else(|_| raw_bad_gateway());
+                if let Ok(mut s) = slot.lock() {
+                    *s = Some(raw);
+                }
+                return Ok(answer);
+            }
+            Ok(httparse::Status::Partial) => {
+                if raw.stream.read_buf(&mut raw.buf).await.unwrap_or(0) == 0 {
+                    return Ok(raw_bad_gateway());
+                }
+            }
+            Err(_) => return Ok(raw_bad_gateway()),
+        }
+    }
+}
+
+fn raw_bad_gateway() -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::new()));
     *r.status_mut() = StatusCode::BAD_GATEWAY;
     r
 }
