@@ -214,7 +214,7 @@ if prop:
 line("idle RSS", f"{mib(idle_rss)} MiB", "< 10 MiB", idle_rss / 1024 < 10 if idle_rss else None)
 if idle:
     line("RSS with 10,000 idle keep-alive conns", f"{mib(idle['rss_kib'])} MiB", "< 64 MiB", idle["rss_kib"] / 1024 < 64)
-# The stack's own floor, same run: what no change inside gatekeeper can beat.
+# The same stack doing nothing else, in the same run: what gatekeeper's own work is measured against.
 floor = [(c, agg(("proxy", "floor", c)), agg(("proxy", "nginx", c))) for c in conns_list]
 floor = [(c, f, n) for c, f, n in floor if f and n]
 if floor:
