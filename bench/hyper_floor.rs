@@ -67,24 +67,19 @@ fn worker(listener: std::net::TcpListener, upstream: SocketAddr, raw: bool) -> R
                 continue;
             };
             let _ = stream.set_nodelay(true);
+            // The client's address as X-Real-IP / X-Forwarded-For carry it, once per connection.
+            let ip = HeaderValue::from_str(&peer.ip().to_string()).unwrap_or(HeaderValue::from_static("-"));
+            let io = TokioIo::new(stream);
+            let server = hyper::server::conn::http1::Builder::new();
             if raw {
-                tokio::spawn(async move {
-                    let slot: RawSlot = Arc::new(Mutex::new(None));
-                    let svc = service_fn(move |req| forward_raw(req, peer, upstream, slot.clone()));
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
-                });
-                continue;
+                let slot: RawSlot = Arc::new(Mutex::new(None));
+                let svc = service_fn(move |req| forward_raw(req, ip.clone(), upstream, slot.clone()));
+                tokio::spawn(async move { server.serve_connection(io, svc).await });
+            } else {
+                let slot: Slot = Arc::new(Mutex::new(None));
+                let svc = service_fn(move |req| forward(req, ip.clone(), upstream, slot.clone()));
+                tokio::spawn(async move { server.serve_connection(io, svc).with_upgrades().await });
             }
-            tokio::spawn(async move {
-                let upstream_conn = Arc::new(Mutex::new(None));
-                let svc = service_fn(move |req| forward(req, peer, upstream, upstream_conn.clone()));
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .with_upgrades()
-                    .await;
-            });
         }
     })
 }
@@ -96,11 +91,10 @@ type Slot = Arc<Mutex<Option<SendRequest<Incoming>>>>;
 
 async fn forward(
     mut req: Request<Incoming>,
-    peer: SocketAddr,
+    ip: HeaderValue,
     upstream: SocketAddr,
     slot: Slot,
 ) -> Result<Response<Answer>, Infallible> {
-    let ip = HeaderValue::from_str(&peer.ip().to_string()).unwrap_or(HeaderValue::from_static("-"));
     let h = req.headers_mut();
     h.insert(HeaderName::from_static("x-real-ip"), ip.clone());
     h.insert(HeaderName::from_static("x-forwarded-for"), ip);
@@ -113,17 +107,17 @@ async fn forward(
         Some(s) => s,
         None => match connect(upstream).await {
             Ok(s) => s,
-            Err(_) => return Ok(bad_gateway()),
+            Err(_) => return Ok(bad_gateway(Answer::Right(Empty::new()))),
         },
     };
     if sender.ready().await.is_err() {
-        return Ok(bad_gateway());
+        return Ok(bad_gateway(Answer::Right(Empty::new())));
     }
     let resp = sender.send_request(req).await;
     if let Ok(mut s) = slot.lock() {
         *s = Some(sender);
     }
-    Ok(resp.map_or_else(|_| bad_gateway(), |r| r.map(Either::Left)))
+    Ok(resp.map_or_else(|_| bad_gateway(Answer::Right(Empty::new())), |r| r.map(Either::Left)))
 }
 
 async fn connect(upstream: SocketAddr) -> Result<SendRequest<Incoming>, Error> {
@@ -136,8 +130,9 @@ async fn connect(upstream: SocketAddr) -> Result<SendRequest<Incoming>, Error> {
     Ok(sender)
 }
 
-fn bad_gateway() -> Response<Answer> {
-    let mut r = Response::new(Either::Right(Empty::new()));
+/// A 502 with `body` (empty: there is no answer to relay).
+fn bad_gateway<B>(body: B) -> Response<B> {
+    let mut r = Response::new(body);
     *r.status_mut() = StatusCode::BAD_GATEWAY;
     r
 }
@@ -153,7 +148,7 @@ type RawSlot = Arc<Mutex<Option<Raw>>>;
 
 async fn forward_raw(
     req: Request<Incoming>,
-    peer: SocketAddr,
+    ip: HeaderValue,
     upstream: SocketAddr,
     slot: RawSlot,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
@@ -169,7 +164,7 @@ async fn forward_raw(
                     head: Vec::with_capacity(1024),
                 }
             }
-            Err(_) => return Ok(raw_bad_gateway()),
+            Err(_) => return Ok(bad_gateway(Full::default())),
         },
     };
     let h = &mut raw.head;
@@ -183,7 +178,6 @@ async fn forward_raw(
             h.extend_from_slice(part);
         }
     }
-    let ip = peer.ip().to_string();
     for name in ["x-real-ip: ", "x-forwarded-for: "] {
         for part in [name.as_bytes(), ip.as_bytes(), b"\r\n"] {
             h.extend_from_slice(part);
@@ -191,7 +185,7 @@ async fn forward_raw(
     }
     h.extend_from_slice(b"x-forwarded-proto: http\r\n\r\n");
     if raw.stream.write_all(&raw.head).await.is_err() {
-        return Ok(raw_bad_gateway());
+        return Ok(bad_gateway(Full::default()));
     }
     raw.buf.clear();
     loop {
@@ -215,11 +209,13 @@ async fn forward_raw(
                 }
                 while raw.buf.len() < n + len {
                     if raw.stream.read_buf(&mut raw.buf).await.unwrap_or(0) == 0 {
-                        return Ok(raw_bad_gateway());
+                        return Ok(bad_gateway(Full::default()));
                     }
                 }
                 let body = Bytes::copy_from_slice(&raw.buf[n..n + len]);
-                let answer = out.body(Full::new(body)).unwrap_or_else(|_| raw_bad_gateway());
+                let answer = out
+                    .body(Full::new(body))
+                    .unwrap_or_else(|_| bad_gateway(Full::default()));
                 if let Ok(mut s) = slot.lock() {
                     *s = Some(raw);
                 }
@@ -227,16 +223,10 @@ async fn forward_raw(
             }
             Ok(httparse::Status::Partial) => {
                 if raw.stream.read_buf(&mut raw.buf).await.unwrap_or(0) == 0 {
-                    return Ok(raw_bad_gateway());
+                    return Ok(bad_gateway(Full::default()));
                 }
             }
-            Err(_) => return Ok(raw_bad_gateway()),
+            Err(_) => return Ok(bad_gateway(Full::default())),
         }
     }
-}
-
-fn raw_bad_gateway() -> Response<Full<Bytes>> {
-    let mut r = Response::new(Full::new(Bytes::new()));
-    *r.status_mut() = StatusCode::BAD_GATEWAY;
-    r
 }
