@@ -1,0 +1,173 @@
+#!/usr/bin/env bash
+# CPU time per proxied request, every thread of the proxy, user and kernel:
+# on-CPU nanoseconds from /proc/<pid>/task/*/schedstat (exact, not tick-sampled)
+# before and after one `wrk -t2 -c64`, divided by wrk's request count. nginx,
+# HAProxy, gatekeeper and the hyper floor (bench/hyper_floor.rs, also with its
+# hand-written upstream side: floor-raw) each proxy to the same local nginx
+# `return 200`; every round starts each proxy afresh on a fresh port, in turn.
+# Prints each round, then medians and same-round ratios to nginx: the machine's
+# speed drifts between rounds, the ratio within a round much less.
+#
+#   bench/cpu.sh              # 8 rounds × 4 s per proxy (~4 minutes)
+#   ROUNDS=3 DURATION=3 bench/cpu.sh
+#
+# Needs nginx, haproxy, wrk, curl, python3 (bench/run.sh installs them) and the
+# release builds (`cargo build --release --bin gatekeeper --example hyper_floor`).
+# Loopback only; every process started here is stopped by PID.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$PATH:/usr/sbin:/sbin"
+ROUNDS=${ROUNDS:-8}
+DURATION=${DURATION:-4}
+BIN=${GATEKEEPER_BIN:-target/release/gatekeeper}
+FLOOR=${FLOOR_BIN:-target/release/examples/hyper_floor}
+TARGETS=(nginx haproxy gatekeeper floor floor-raw)
+for cmd in nginx haproxy wrk curl python3; do
+    command -v "$cmd" >/dev/null || { echo "$cmd is not installed" >&2; exit 1; }
+done
+[ -x "$BIN" ] && [ -x "$FLOOR" ] || { echo "build first: cargo build --release --bin gatekeeper --example hyper_floor" >&2; exit 1; }
+
+W=$(mktemp -d /tmp/gatekeeper-cpu.XXXXXX)
+UP_PID="" PROXY_PID=""
+cleanup() {
+    for p in $PROXY_PID $UP_PID; do kill "$p" 2>/dev/null && wait "$p" 2>/dev/null || true; done
+    rm -rf "$W"
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+temp_paths() { echo "client_body_temp_path $1/ct; proxy_temp_path $1/pt; fastcgi_temp_path $1/ft; uwsgi_temp_path $1/ut; scgi_temp_path $1/st;"; }
+UP=$(free_port)
+mkdir -p "$W/up"
+cat > "$W/up/nginx.conf" <<EOF
+worker_processes 1;
+daemon off;
+pid $W/up/nginx.pid;
+error_log $W/up/error.log;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  keepalive_timeout 300s;
+  $(temp_paths "$W/up")
+  server { listen 127.0.0.1:$UP; location / { return 200 "hello\n"; } }
+}
+EOF
+nginx -c "$W/up/nginx.conf" -p "$W/up" &
+UP_PID=$!
+
+# The proxies' configs, as in bench/run.sh: two workers each.
+proxy_configs() {
+    local port=$1 d="$W/p$1"
+    mkdir -p "$d/toggle"
+    cat > "$d/nginx.conf" <<EOF
+worker_processes 2;
+daemon off;
+pid $d/nginx.pid;
+error_log $d/error.log;
+events { worker_connections 16384; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  keepalive_timeout 300s;
+  $(temp_paths "$d")
+  upstream app { server 127.0.0.1:$UP; keepalive 512; keepalive_requests 1000000; keepalive_timeout 300s; }
+  server {
+    listen 127.0.0.1:$port backlog=4096;
+    location / {
+      proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection ""; proxy_set_header Host \$host;
+      proxy_set_header X-Real-IP \$remote_addr; proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+      proxy_set_header X-Forwarded-Proto \$scheme;
+    }
+  }
+}
+EOF
+    cat > "$d/haproxy.cfg" <<EOF
+global
+  nbthread 2
+  maxconn 8000
+  pidfile $d/haproxy.pid
+defaults
+  mode http
+  maxconn 8000
+  timeout connect 5s
+  timeout client 300s
+  timeout server 300s
+  timeout http-keep-alive 300s
+  option http-keep-alive
+  option forwardfor
+  http-reuse always
+frontend fe
+  bind 127.0.0.1:$port
+  default_backend app
+backend app
+  server up 127.0.0.1:$UP
+EOF
+    cat > "$d/gatekeeper.toml" <<EOF
+listen = ["127.0.0.1:$port"]
+[upstream]
+url = "http://127.0.0.1:$UP"
+[maintenance]
+toggle = "$d/toggle/maintenance-mode-on"
+[log]
+access = false
+level = "warn"
+EOF
+}
+
+# On-CPU nanoseconds of all threads of PID and its child processes (nginx's workers).
+cpu_ns() {
+    local p t ns _ total=0
+    for p in "$1" $(pgrep -P "$1" || true); do
+        for t in /proc/"$p"/task/*; do
+            read -r ns _ < "$t/schedstat" 2>/dev/null || continue
+            total=$((total + ns))
+        done
+    done
+    echo "$total"
+}
+
+for _ in $(seq 1 100); do curl -s -o /dev/null "http://127.0.0.1:$UP/" && break; sleep 0.1; done
+echo "round target req/s cpu_us_per_request" > "$W/results"
+for r in $(seq 1 "$ROUNDS"); do
+    for t in "${TARGETS[@]}"; do
+        port=$(free_port)
+        proxy_configs "$port"
+        d="$W/p$port"
+        case $t in
+            nginx) nginx -c "$d/nginx.conf" -p "$d" & ;;
+            haproxy) haproxy -db -f "$d/haproxy.cfg" >/dev/null 2>&1 & ;;
+            gatekeeper) "$BIN" run -c "$d/gatekeeper.toml" >/dev/null 2>&1 & ;;
+            floor) "$FLOOR" "127.0.0.1:$port" "127.0.0.1:$UP" 2 & ;;
+            floor-raw) "$FLOOR" "127.0.0.1:$port" "127.0.0.1:$UP" 2 raw & ;;
+        esac
+        PROXY_PID=$!
+        for _ in $(seq 1 100); do curl -s -o /dev/null "http://127.0.0.1:$port/" && break; sleep 0.1; done
+        before=$(cpu_ns "$PROXY_PID")
+        out=$(wrk -t2 -c64 -d"${DURATION}s" "http://127.0.0.1:$port/")
+        after=$(cpu_ns "$PROXY_PID")
+        n=$(echo "$out" | awk '/requests in/ {print $1}')
+        rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
+        us=$(awk -v d=$((after - before)) -v n="$n" 'BEGIN { printf "%.2f", d / n / 1000 }')
+        echo "$r $t $rps $us" | tee -a "$W/results"
+        kill "$PROXY_PID"
+        wait "$PROXY_PID" 2>/dev/null || true
+        PROXY_PID=""
+    done
+done
+
+python3 - "$W/results" <<'EOF'
+import collections, statistics, sys
+cpu, rps = collections.defaultdict(dict), collections.defaultdict(dict)
+for line in open(sys.argv[1]).readlines()[1:]:
+    r, t, q, us = line.split()
+    cpu[t][r], rps[t][r] = float(us), float(q)
+print("\n             CPU µs per request       same round vs nginx")
+print("target       median  range           CPU    req/s")
+for t in cpu:
+    c = list(cpu[t].values())
+    ratio_cpu = statistics.median(cpu[t][r] / cpu["nginx"][r] for r in cpu[t])
+    ratio_rps = statistics.median(rps[t][r] / rps["nginx"][r] for r in rps[t])
+    spread = f"{min(c):.1f}-{max(c):.1f}"
+    print(f"{t:12} {statistics.median(c):6.1f}  {spread:14}  {ratio_cpu:4.2f}x  {ratio_rps:4.2f}x")
+EOF
