@@ -36,73 +36,20 @@ cleanup() {
 trap cleanup EXIT
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-temp_paths() { echo "client_body_temp_path $1/ct; proxy_temp_path $1/pt; fastcgi_temp_path $1/ft; uwsgi_temp_path $1/ut; scgi_temp_path $1/st;"; }
+# shellcheck source=bench/configs.sh
+source bench/configs.sh
 UP=$(free_port)
 mkdir -p "$W/up"
-cat > "$W/up/nginx.conf" <<EOF
-worker_processes 1;
-daemon off;
-pid $W/up/nginx.pid;
-error_log $W/up/error.log;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  keepalive_requests 1000000;
-  keepalive_timeout 300s;
-  $(temp_paths "$W/up")
-  server { listen 127.0.0.1:$UP; location / { return 200 "hello\n"; } }
-}
-EOF
-nginx -c "$W/up/nginx.conf" -p "$W/up" &
+upstream_conf "$W/up" "$UP" > "$W/up/nginx.conf"
+nginx -e "$W/up/error.log" -p "$W/up" -c "$W/up/nginx.conf" -g "daemon off;" &
 UP_PID=$!
 
-# The proxies' configs, as in bench/run.sh: two workers each.
+# The proxies' configs, as bench/run.sh writes them: two workers each.
 proxy_configs() {
     local port=$1 d="$W/p$1"
     mkdir -p "$d/toggle"
-    cat > "$d/nginx.conf" <<EOF
-worker_processes 2;
-daemon off;
-pid $d/nginx.pid;
-error_log $d/error.log;
-events { worker_connections 16384; }
-http {
-  access_log off;
-  keepalive_requests 1000000;
-  keepalive_timeout 300s;
-  $(temp_paths "$d")
-  upstream app { server 127.0.0.1:$UP; keepalive 512; keepalive_requests 1000000; keepalive_timeout 300s; }
-  server {
-    listen 127.0.0.1:$port backlog=4096;
-    location / {
-      proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection ""; proxy_set_header Host \$host;
-      proxy_set_header X-Real-IP \$remote_addr; proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
-      proxy_set_header X-Forwarded-Proto \$scheme;
-    }
-  }
-}
-EOF
-    cat > "$d/haproxy.cfg" <<EOF
-global
-  nbthread 2
-  maxconn 8000
-  pidfile $d/haproxy.pid
-defaults
-  mode http
-  maxconn 8000
-  timeout connect 5s
-  timeout client 300s
-  timeout server 300s
-  timeout http-keep-alive 300s
-  option http-keep-alive
-  option forwardfor
-  http-reuse always
-frontend fe
-  bind 127.0.0.1:$port
-  default_backend app
-backend app
-  server up 127.0.0.1:$UP
-EOF
+    nginx_proxy_conf "$d" "$port" "$UP" > "$d/nginx.conf"
+    haproxy_conf "$d" "$port" "$UP" > "$d/haproxy.cfg"
     cat > "$d/gatekeeper.toml" <<EOF
 listen = ["127.0.0.1:$port"]
 [upstream]
@@ -135,7 +82,7 @@ for r in $(seq 1 "$ROUNDS"); do
         proxy_configs "$port"
         d="$W/p$port"
         case $t in
-            nginx) nginx -c "$d/nginx.conf" -p "$d" & ;;
+            nginx) nginx -e "$d/error.log" -p "$d" -c "$d/nginx.conf" -g "daemon off;" & ;;
             haproxy) haproxy -db -f "$d/haproxy.cfg" >/dev/null 2>&1 & ;;
             gatekeeper) "$BIN" run -c "$d/gatekeeper.toml" >/dev/null 2>&1 & ;;
             floor) "$FLOOR" "127.0.0.1:$port" "127.0.0.1:$UP" 2 & ;;

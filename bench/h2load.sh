@@ -126,27 +126,14 @@ openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 7 -su
   -keyout "$T/privkey.pem" -out "$T/fullchain.pem" 2>/dev/null || die "openssl req failed"
 chmod 644 "$T/privkey.pem" # nginx workers (user nobody) read it; a throwaway key
 
+# shellcheck source=bench/configs.sh
+source "$HERE/configs.sh"
 nginx_conf() { # DIR BODY
-  local d=$1 body=$2
-  mkdir -p "$d/tmp"
-  cat >"$d/nginx.conf" <<EOF
-pid $d/nginx.pid;
-error_log $d/error.log warn;
-worker_rlimit_nofile 65536;
-$body
-EOF
+  { nginx_common "$1"; printf '%s\n' "$2"; } >"$1/nginx.conf"
 }
-nginx_http_common() {
-  local d=$1
+nginx_tls_http_common() { # DIR : bench/configs.sh's, plus HTTP/2 and TLS
+  nginx_http_common "$1"
   cat <<EOF
-  access_log off;
-  client_body_temp_path $d/tmp/body;
-  proxy_temp_path $d/tmp/proxy;
-  fastcgi_temp_path $d/tmp/fastcgi;
-  uwsgi_temp_path $d/tmp/uwsgi;
-  scgi_temp_path $d/tmp/scgi;
-  keepalive_requests 1000000;
-  keepalive_timeout 300s;
   http2_max_requests 1000000;
   ssl_certificate $T/fullchain.pem;
   ssl_certificate_key $T/privkey.pem;
@@ -165,7 +152,7 @@ mkdir -p "$T/upstream" "$T/nginx" "$T/nginx-maint" "$T/gk/toggle"
 nginx_conf "$T/upstream" "worker_processes 1;
 events { worker_connections 32768; }
 http {
-$(nginx_http_common "$T/upstream")
+$(nginx_tls_http_common "$T/upstream")
   server {
     listen 127.0.0.1:$P_UP backlog=4096;
     location / { return 200 \"ok\\n\"; }
@@ -174,7 +161,7 @@ $(nginx_http_common "$T/upstream")
 nginx_conf "$T/nginx" "worker_processes 2;
 events { worker_connections 16384; }
 http {
-$(nginx_http_common "$T/nginx")
+$(nginx_tls_http_common "$T/nginx")
   upstream app {
     server 127.0.0.1:$P_UP;
     keepalive 512;
@@ -198,7 +185,7 @@ $(nginx_http_common "$T/nginx")
 nginx_conf "$T/nginx-maint" "worker_processes 2;
 events { worker_connections 16384; }
 http {
-$(nginx_http_common "$T/nginx-maint")
+$(nginx_tls_http_common "$T/nginx-maint")
   types { text/html html; text/css css; image/svg+xml svg; }
   open_file_cache max=64 inactive=60s;
   open_file_cache_valid 60s;

@@ -174,73 +174,12 @@ EOF
 read -r P_UP P_NGX P_HAP P_GK P_NGXM P_GKM P_GKA1 P_GKA100K P_GKP P_GKI P_FLOOR <<<"$(free_ports 11)"
 
 # ---------------------------------------------------------------- configs
-nginx_common() { # DIR : global part shared by every nginx instance
-  local d=$1
-  mkdir -p "$d/tmp"
-  cat <<EOF
-pid $d/nginx.pid;
-error_log $d/error.log warn;
-worker_rlimit_nofile 65536;
-EOF
-}
-nginx_http_common() {
-  local d=$1
-  cat <<EOF
-  access_log off;
-  client_body_temp_path $d/tmp/body;
-  proxy_temp_path $d/tmp/proxy;
-  fastcgi_temp_path $d/tmp/fastcgi;
-  uwsgi_temp_path $d/tmp/uwsgi;
-  scgi_temp_path $d/tmp/scgi;
-  keepalive_requests 1000000;
-  keepalive_timeout 300s;
-EOF
-}
+# shellcheck source=bench/configs.sh
+source "$HERE/configs.sh"
 
 mkdir -p "$T/upstream" "$T/nginx" "$T/nginx-maint" "$T/haproxy"
-{
-  nginx_common "$T/upstream"
-  cat <<EOF
-worker_processes 1;
-events { worker_connections 32768; }
-http {
-$(nginx_http_common "$T/upstream")
-  server {
-    listen 127.0.0.1:$P_UP backlog=4096;
-    location / { return 200 "ok\n"; }
-  }
-}
-EOF
-} >"$T/upstream/nginx.conf"
-
-{
-  nginx_common "$T/nginx"
-  cat <<EOF
-worker_processes 2;
-events { worker_connections 16384; }
-http {
-$(nginx_http_common "$T/nginx")
-  upstream app {
-    server 127.0.0.1:$P_UP;
-    keepalive 512;
-    keepalive_requests 1000000;
-    keepalive_timeout 300s;
-  }
-  server {
-    listen 127.0.0.1:$P_NGX backlog=4096;
-    location / {
-      proxy_pass http://app;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_set_header Host \$host;
-      proxy_set_header X-Real-IP \$remote_addr;
-      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
-      proxy_set_header X-Forwarded-Proto \$scheme;
-    }
-  }
-}
-EOF
-} >"$T/nginx/nginx.conf"
+upstream_conf "$T/upstream" "$P_UP" >"$T/upstream/nginx.conf"
+nginx_proxy_conf "$T/nginx" "$P_NGX" "$P_UP" >"$T/nginx/nginx.conf"
 
 {
   nginx_common "$T/nginx-maint"
@@ -267,27 +206,7 @@ $(nginx_http_common "$T/nginx-maint")
 EOF
 } >"$T/nginx-maint/nginx.conf"
 
-cat >"$T/haproxy/haproxy.cfg" <<EOF
-global
-  nbthread 2
-  maxconn 8000
-  pidfile $T/haproxy/haproxy.pid
-defaults
-  mode http
-  maxconn 8000
-  timeout connect 5s
-  timeout client 300s
-  timeout server 300s
-  timeout http-keep-alive 300s
-  option http-keep-alive
-  option forwardfor
-  http-reuse always
-frontend fe
-  bind 127.0.0.1:$P_HAP
-  default_backend app
-backend app
-  server up 127.0.0.1:$P_UP
-EOF
+haproxy_conf "$T/haproxy" "$P_HAP" "$P_UP" >"$T/haproxy/haproxy.cfg"
 
 # Allowlists: 1 entry, and ALLOW_N random /24 and /32 entries plus the client.
 printf '127.0.0.1\n' >"$T/allow1"

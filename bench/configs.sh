@@ -1,0 +1,95 @@
+# Config writers shared by bench/run.sh and bench/cpu.sh (sourced, not run), so
+# that every measurement puts nginx and HAProxy in the same configuration.
+# Each prints a config; DIR is the instance's own directory (pid, logs, temp files).
+
+nginx_common() { # DIR : global part shared by every nginx instance
+  local d=$1
+  mkdir -p "$d/tmp"
+  cat <<EOF
+pid $d/nginx.pid;
+error_log $d/error.log warn;
+worker_rlimit_nofile 65536;
+EOF
+}
+
+nginx_http_common() { # DIR
+  local d=$1
+  cat <<EOF
+  access_log off;
+  client_body_temp_path $d/tmp/body;
+  proxy_temp_path $d/tmp/proxy;
+  fastcgi_temp_path $d/tmp/fastcgi;
+  uwsgi_temp_path $d/tmp/uwsgi;
+  scgi_temp_path $d/tmp/scgi;
+  keepalive_requests 1000000;
+  keepalive_timeout 300s;
+EOF
+}
+
+upstream_conf() { # DIR PORT : the app, nginx `return 200` with one worker
+  nginx_common "$1"
+  cat <<EOF
+worker_processes 1;
+events { worker_connections 32768; }
+http {
+$(nginx_http_common "$1")
+  server {
+    listen 127.0.0.1:$2 backlog=4096;
+    location / { return 200 "ok\n"; }
+  }
+}
+EOF
+}
+
+nginx_proxy_conf() { # DIR PORT UPSTREAM_PORT : nginx proxy_pass with upstream keepalive, 2 workers
+  nginx_common "$1"
+  cat <<EOF
+worker_processes 2;
+events { worker_connections 16384; }
+http {
+$(nginx_http_common "$1")
+  upstream app {
+    server 127.0.0.1:$3;
+    keepalive 512;
+    keepalive_requests 1000000;
+    keepalive_timeout 300s;
+  }
+  server {
+    listen 127.0.0.1:$2 backlog=4096;
+    location / {
+      proxy_pass http://app;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Host \$host;
+      proxy_set_header X-Real-IP \$remote_addr;
+      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+      proxy_set_header X-Forwarded-Proto \$scheme;
+    }
+  }
+}
+EOF
+}
+
+haproxy_conf() { # DIR PORT UPSTREAM_PORT : HAProxy with http-reuse always, 2 threads
+  cat <<EOF
+global
+  nbthread 2
+  maxconn 8000
+  pidfile $1/haproxy.pid
+defaults
+  mode http
+  maxconn 8000
+  timeout connect 5s
+  timeout client 300s
+  timeout server 300s
+  timeout http-keep-alive 300s
+  option http-keep-alive
+  option forwardfor
+  http-reuse always
+frontend fe
+  bind 127.0.0.1:$2
+  default_backend app
+backend app
+  server up 127.0.0.1:$3
+EOF
+}
