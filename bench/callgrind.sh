@@ -32,24 +32,13 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# shellcheck source=bench/configs.sh
+source bench/configs.sh
 UP=$(free_port)
 GK=$(free_port)
-mkdir -p "$W/toggle" "$W/out"
-cat > "$W/nginx.conf" <<EOF
-worker_processes 1;
-daemon off;
-pid $W/nginx.pid;
-error_log $W/nginx.err;
-events { worker_connections 1024; }
-http {
-  access_log off;
-  keepalive_requests 1000000;
-  client_body_temp_path $W/ct; proxy_temp_path $W/pt; fastcgi_temp_path $W/ft; uwsgi_temp_path $W/ut; scgi_temp_path $W/st;
-  server { listen 127.0.0.1:$UP; location / { return 200 "ok\n"; } }
-}
-EOF
-nginx -c "$W/nginx.conf" -p "$W" &
+mkdir -p "$W/toggle" "$W/out" "$W/up"
+upstream_conf "$W/up" "$UP" > "$W/up/nginx.conf"
+nginx -e "$W/up/error.log" -p "$W/up" -c "$W/up/nginx.conf" -g 'daemon off;' &
 NGINX_PID=$!
 cat > "$W/gk.toml" <<EOF
 listen = ["127.0.0.1:$GK"]

@@ -1,6 +1,10 @@
-# Config writers shared by bench/run.sh and bench/cpu.sh (sourced, not run), so
-# that every measurement puts nginx and HAProxy in the same configuration.
-# Each prints a config; DIR is the instance's own directory (pid, logs, temp files).
+# Config writers shared by the bench scripts (sourced, not run), so that every
+# measurement puts nginx and HAProxy in the same configuration. Each prints a
+# config; DIR is the instance's own directory (pid, logs, temp files).
+
+free_port() { # a loopback port free now (for one server at a time; run.sh takes its ports at once)
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
 
 nginx_common() { # DIR : global part shared by every nginx instance
   local d=$1

@@ -35,7 +35,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 # shellcheck source=bench/configs.sh
 source bench/configs.sh
 UP=$(free_port)

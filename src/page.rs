@@ -669,12 +669,18 @@ fn json_body(r: &Rendered, retry_after_secs: u64) -> String {
 
 /// Builds a response with the headers every answer of this module carries.
 fn respond(status: StatusCode, content_type: HeaderValue, body: Bytes, method: &Method) -> Response<Full<Bytes>> {
-    let len = body.len();
-    // HEAD: same headers (including the would-be Content-Length), no body.
+    let mut h = http::HeaderMap::with_capacity(4);
+    page_headers(&mut h, content_type, body.len());
+    answer(status, h, body, method)
+}
+
+/// `body` with `headers`; for HEAD the same headers (including the would-be
+/// Content-Length) and no body.
+fn answer(status: StatusCode, headers: http::HeaderMap, body: Bytes, method: &Method) -> Response<Full<Bytes>> {
     let body = if method == Method::HEAD { Bytes::new() } else { body };
     let mut resp = Response::new(Full::new(body));
     *resp.status_mut() = status;
-    page_headers(resp.headers_mut(), content_type, len);
+    *resp.headers_mut() = headers;
     resp
 }
 
@@ -706,16 +712,8 @@ pub fn maintenance_response(
     if retry_after_secs != r.retry_after {
         h.insert(RETRY_AFTER, HeaderValue::from(retry_after_secs));
     }
-    // HEAD: same headers (including the would-be Content-Length), no body.
-    let body = if method == Method::HEAD {
-        Bytes::new()
-    } else {
-        json.unwrap_or_else(|| r.html.clone())
-    };
-    let mut resp = Response::new(Full::new(body));
-    *resp.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
-    *resp.headers_mut() = h;
-    resp
+    let body = json.unwrap_or_else(|| r.html.clone());
+    answer(StatusCode::SERVICE_UNAVAILABLE, h, body, method)
 }
 
 /// 200 with the asset: Content-Type, Content-Length, Cache-Control: no-store
