@@ -65,6 +65,7 @@ pub fn status_json(state: &State) -> serde_json::Value {
     let (rt, m) = (&snap.rt, &snap.maint);
     serde_json::json!({
         "maintenance": if m.active { "on" } else { "off" },
+        "state": m.label(),
         "since": m.since.filter(|_| m.active).map(|t| humantime::format_rfc3339_seconds(t).to_string()),
         "message": m.message,
         "retry_after": m.retry_after,
@@ -74,7 +75,7 @@ pub fn status_json(state: &State) -> serde_json::Value {
         "version": env!("CARGO_PKG_VERSION"),
         "uptime_seconds": state.started.elapsed().as_secs(),
         "started": humantime::format_rfc3339_seconds(state.started_at).to_string(),
-        "source": m.source.map(|s| match s { crate::state::Source::File => "file", crate::state::Source::Fleet => "fleet" }),
+        "source": m.source.map(crate::maint::Source::label),
         "window": if m.present { Some(match m.window {
             crate::toggle::Window::Active => "active",
             crate::toggle::Window::Scheduled => "scheduled",
@@ -83,7 +84,7 @@ pub fn status_json(state: &State) -> serde_json::Value {
         "until": m.until.map(|u| u.to_string()),
         "secret_set": m.secret.is_some(),
         "fleet": rt.config.fleet.as_ref().map(|f| {
-            let v = m.fleet.clone().unwrap_or_default();
+            let v = snap.fleet.clone().unwrap_or_default();
             serde_json::json!({
                 "key": f.key,
                 "on": v.on,

@@ -20,10 +20,10 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use http_body::{Body as HttpBody, Frame, SizeHint};
-use http_body_util::{BodyExt, Empty, Full, StreamBody};
+use http_body_util::{BodyExt, StreamBody};
 use tokio::io::AsyncWriteExt;
 
-use crate::proxy::{Body, BoxError};
+use crate::body::{self, Body, BoxError};
 
 /// Read size when streaming a spooled request body to the (fast) upstream.
 const CHUNK: usize = 64 << 10;
@@ -72,38 +72,15 @@ impl Buffered {
 
     pub fn into_body(self) -> Body {
         match self {
-            Buffered::Memory(b) if b.is_empty() => Empty::new().map_err(|never| match never {}).boxed(),
-            Buffered::Memory(b) => Full::new(b).map_err(|never| match never {}).boxed(),
+            Buffered::Memory(b) if b.is_empty() => body::empty(),
+            Buffered::Memory(b) => body::full(b),
             Buffered::File(f, len) => {
                 let stream = tokio_util::io::ReaderStream::with_capacity(tokio::fs::File::from_std(f), CHUNK)
                     .map(|r| r.map(Frame::data).map_err(BoxError::from));
                 // The length is known: say so, so hyper sends Content-Length, not chunks.
-                Sized {
-                    inner: BodyExt::boxed(StreamBody::new(stream)),
-                    len,
-                }
-                .boxed()
+                body::Sized::new(BodyExt::boxed(StreamBody::new(stream)), len).boxed()
             }
         }
-    }
-}
-
-/// A body of known length, so that hyper frames it with Content-Length.
-struct Sized {
-    inner: Body,
-    len: u64,
-}
-
-impl HttpBody for Sized {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        SizeHint::with_exact(self.len)
     }
 }
 

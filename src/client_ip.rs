@@ -79,6 +79,8 @@ pub struct Resolved {
     pub client: Option<IpAddr>,
     /// What gatekeeper sends upstream as X-Forwarded-For: the verified part of the chain — the resolved client (if any) and the trusted proxies right of it, in order — followed by the peer. A list from an untrusted peer is replaced by the peer alone, never extended.
     pub chain: Vec<IpAddr>,
+    /// The TCP peer is a trusted proxy (its forwarding header was read).
+    pub peer_trusted: bool,
 }
 
 /// Finds the real client of a request that arrived from `peer`, trusting
@@ -91,6 +93,7 @@ pub fn resolve(peer: IpAddr, headers: &HeaderMap, trusted: &IpSet, header: &Forw
         return Resolved {
             client: Some(peer),
             chain: vec![peer],
+            peer_trusted: false,
         };
     }
     let name = match header {
@@ -162,7 +165,11 @@ fn walk(peer: IpAddr, trusted: &IpSet, entries_right_to_left: impl IntoIterator<
         }
     }
     chain.reverse();
-    Resolved { client, chain }
+    Resolved {
+        client,
+        chain,
+        peer_trusted: true,
+    }
 }
 
 /// Renders `chain` as an X-Forwarded-For value ("a, b, c"; IPv6 without brackets, as nginx does).
@@ -410,6 +417,7 @@ mod tests {
         let want = Resolved {
             client: client.map(ip),
             chain: chain.iter().map(|s| ip(s)).collect(),
+            peer_trusted: trusted().contains(ip(peer).to_canonical()),
         };
         assert_eq!(got, want, "{header}: {lines:?} from {peer}");
     }
@@ -689,7 +697,7 @@ mod tests {
                 prop_assert_eq!(r.chain.first(), Some(&c));
             }
             if !trusted.contains(peer) {
-                prop_assert_eq!(r, Resolved { client: Some(peer), chain: vec![peer] });
+                prop_assert_eq!(r, Resolved { client: Some(peer), chain: vec![peer], peer_trusted: false });
             }
         }
 

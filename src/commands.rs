@@ -9,7 +9,9 @@ use anyhow::Context;
 use crate::cli::OnArgs;
 use crate::config::{Config, ConfigErrors};
 use crate::fleet;
-use crate::state::{human_until, Loaded};
+use crate::maint::{onoff, FleetView, Maint};
+use crate::page::human_until;
+use crate::runtime::Loaded;
 use crate::toggle::{self, ToggleContent, Window};
 
 /// Loads the config and everything it points to; `Err` holds every problem found.
@@ -80,7 +82,7 @@ pub fn on(path: &Path, args: OnArgs) -> anyhow::Result<String> {
         toggle::write_atomic(t, &content).with_context(|| format!("cannot write toggle {}", t.display()))?;
         format!("maintenance: on ({})", t.display())
     };
-    if let Some(w) = describe_window(&content, now) {
+    if let Some(w) = describe(content.from, content.until, content.window_at(now), now) {
         out.push_str(&format!("\n{w}"));
     }
     if let Some(s) = &secret {
@@ -113,72 +115,87 @@ pub fn status(path: &Path, show_secret: bool) -> anyhow::Result<String> {
     let cfg = Config::load(path)?;
     let obs = toggle::observe(&cfg.maintenance.toggle);
     let now = jiff::Timestamp::now();
-    let mut out = if !obs.exists {
-        "maintenance: off".to_string()
-    } else {
-        let since = obs.since.map_or_else(
-            || "unknown time".to_string(),
-            |t| humantime::format_rfc3339_seconds(t).to_string(),
-        );
-        let message = obs
-            .content
-            .message
-            .clone()
-            .unwrap_or_else(|| cfg.maintenance.message.clone());
-        match obs.content.window_at(now) {
-            Window::Active => format!("maintenance: on since {since} ({message})"),
-            Window::Scheduled => format!("maintenance: scheduled ({message})"),
-            Window::Expired => "maintenance: expired (the window has ended; `gatekeeper on` replaces it)".to_string(),
-        }
+    // The fleet's word as the daemon would take it: the key, or while etcd is
+    // unreachable, the last known state under `on_error`.
+    let (fleet_view, fleet_line) = match &cfg.fleet {
+        None => (None, None),
+        Some(f) => match block_on(fleet::get(f)) {
+            Ok(Ok((value, revision))) => {
+                let line = format!("fleet: {} ({}, revision {revision})", onoff(value.is_some()), f.key);
+                let view = FleetView {
+                    on: value.is_some(),
+                    value,
+                    revision,
+                    connected: true,
+                    ..FleetView::default()
+                };
+                (Some(view), Some(line))
+            }
+            Ok(Err(e @ fleet::FleetError::Unreachable { .. })) => (
+                fleet::restore(f, &cfg.maintenance.toggle),
+                Some(format!("fleet: unreachable ({})", e.reason())),
+            ),
+            Ok(Err(e)) => (None, Some(format!("fleet: error ({e})"))),
+            Err(e) => (None, Some(format!("fleet: unreachable ({e})"))),
+        },
     };
-    if obs.exists {
-        if let Some(w) = describe_window(&obs.content, now) {
+    let m = Maint::derive(&obs, fleet_view.as_ref(), &cfg.maintenance, now);
+    let since = m.since.map_or_else(
+        || "unknown time".to_string(),
+        |t| humantime::format_rfc3339_seconds(t).to_string(),
+    );
+    let mut out = match m.window {
+        _ if !m.present => "maintenance: off".to_string(),
+        Window::Active => format!("maintenance: on since {since} ({})", m.message),
+        Window::Scheduled => format!("maintenance: scheduled ({})", m.message),
+        Window::Expired => "maintenance: expired (the window has ended; `gatekeeper on` replaces it)".to_string(),
+    };
+    if m.present {
+        if let Some(w) = describe_window(&m, now) {
             out.push_str(&format!("\n{w}"));
         }
-        if let Some(s) = obs.content.secret.as_deref().filter(|s| !s.is_empty()) {
+        if let Some(s) = &m.secret {
             if show_secret {
                 out.push_str(&format!("\nsecret: {s}"));
             } else {
                 out.push_str("\nsecret: set (--show-secret prints it)");
             }
         }
-        if let Some(w) = &obs.warning {
+        if let Some(w) = &m.warning {
             out.push_str(&format!("\nwarning: {w}"));
         }
     }
-    if let Some(f) = &cfg.fleet {
-        out.push_str(&match block_on(fleet::get(f)) {
-            Ok(Ok((Some(_), rev))) => format!("\nfleet: on ({}, revision {rev})", f.key),
-            Ok(Ok((None, rev))) => format!("\nfleet: off ({}, revision {rev})", f.key),
-            Ok(Err(e @ fleet::FleetError::Unreachable { .. })) => format!("\nfleet: unreachable ({})", e.reason()),
-            Ok(Err(e)) => format!("\nfleet: error ({e})"),
-            Err(e) => format!("\nfleet: unreachable ({e})"),
-        });
+    if let Some(line) = fleet_line {
+        out.push_str(&format!("\n{line}"));
     }
-    let active = obs.exists && obs.content.window_at(now) == Window::Active;
-    out.push_str(&daemon_view(&cfg, active));
+    out.push_str(&daemon_view(&cfg, m.active));
     Ok(out)
 }
 
 /// "window: 2026-12-01T02:00:00Z .. 2026-12-01T02:30:00Z (12m 5s left)" or None.
-fn describe_window(c: &ToggleContent, now: jiff::Timestamp) -> Option<String> {
-    if c.from.is_none() && c.until.is_none() {
+fn describe_window(m: &Maint, now: jiff::Timestamp) -> Option<String> {
+    describe(m.from, m.until, m.window, now)
+}
+
+fn describe(
+    from: Option<jiff::Timestamp>,
+    until: Option<jiff::Timestamp>,
+    window: Window,
+    now: jiff::Timestamp,
+) -> Option<String> {
+    if from.is_none() && until.is_none() {
         return None;
     }
-    let from = c.from.map_or_else(|| "now".to_string(), |f| f.to_string());
-    let until = c
-        .until
-        .map_or_else(|| "until turned off".to_string(), |u| u.to_string());
-    let left = match c.window_at(now) {
-        Window::Scheduled => c.from.map(|f| format!("starts in {}", left_text(f, now))),
-        Window::Active => c
-            .until
-            .map(|u| format!("{} left, back at {}", left_text(u, now), human_until(u))),
+    let from_text = from.map_or_else(|| "now".to_string(), |f| f.to_string());
+    let until_text = until.map_or_else(|| "until turned off".to_string(), |u| u.to_string());
+    let left = match window {
+        Window::Scheduled => from.map(|f| format!("starts in {}", left_text(f, now))),
+        Window::Active => until.map(|u| format!("{} left, back at {}", left_text(u, now), human_until(u))),
         Window::Expired => Some("ended".to_string()),
     };
     Some(match left {
-        Some(l) => format!("window: {from} .. {until} ({l})"),
-        None => format!("window: {from} .. {until}"),
+        Some(l) => format!("window: {from_text} .. {until_text} ({l})"),
+        None => format!("window: {from_text} .. {until_text}"),
     })
 }
 

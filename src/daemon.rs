@@ -13,7 +13,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
-use crate::state::{Runtime, State};
+use crate::runtime::Runtime;
+use crate::state::State;
 use crate::{admin, fleet, logging, server, tls, toggle, watch};
 
 /// Runs until a stop signal; returns when every connection is drained (or the grace period ends).

@@ -1,51 +1,99 @@
-//! The decision at the heart of gatekeeper: given the maintenance state, the
-//! client and the path, proxy the request or answer it with the page or one of
-//! its assets. Pure functions, no I/O.
+//! The decision at the heart of gatekeeper: from the facts of one request
+//! (gathered once by the `facts` module), what it gets — a redirect, the bypass
+//! link's cookie, a refusal, the app, one of the page's assets, or the page.
+//! Pure: no I/O, no clock, no config.
 
-/// What the facts of one request are, as the caller established them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What the facts of one request are, as `facts::gather` established them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Facts {
-    /// Maintenance is active right now.
+    /// Plain HTTP where the TLS listeners ask for https (`tls.redirect_http`),
+    /// with a Host to redirect to.
+    pub redirect_to_https: bool,
+    /// The path falls under one of `maintenance.bypass_paths`.
+    pub bypass_path: bool,
+    /// The path is the bypass link carrying the right token.
+    pub bypass_link: bool,
+    /// Maintenance applies to this request now.
     pub maintenance: bool,
     /// The resolved client is known and on the allowlist.
     pub client_allowed: bool,
-    /// The path falls under one of `maintenance.bypass_paths`.
-    pub bypass_path: bool,
     /// A valid bypass cookie or header for the current secret.
     pub credential: bool,
-    /// A GET/HEAD whose path names one of the page's assets.
+    /// A GET/HEAD whose path names one of the page's assets. Looked up only
+    /// when it can matter (maintenance, nobody let through).
     pub asset: bool,
+    /// The declared body is over `buffering.max_body`.
+    pub too_large: bool,
 }
 
+/// Why gatekeeper answers a request itself instead of forwarding it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// 413: the declared body is over `buffering.max_body`; not a byte of it is read.
+    TooLarge,
+}
+
+/// Everything a request can get.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Decision {
+    /// 308 to the same URL on https.
+    RedirectHttps,
+    /// 303 with a fresh bypass cookie.
+    BypassLink,
+    /// Answered by gatekeeper with an error status; the upstream never hears of it.
+    Refuse(Refusal),
     /// Forward to the upstream; `bypass` marks a request let through maintenance.
     Proxy { bypass: bool },
-    /// Answer 503 with the maintenance page.
-    Page,
-    /// Answer 200 with one of the page's assets.
+    /// 200 with one of the page's assets.
     Asset,
+    /// 503 with the maintenance page.
+    Page,
 }
 
 impl Decision {
+    /// Every decision's label, in the order of [`Decision::index`].
+    pub const LABELS: [&'static str; 7] = ["proxy", "bypass", "page", "asset", "bypass-link", "redirect", "refused"];
+
     /// Short label for logs and metrics.
     pub fn label(self) -> &'static str {
+        Self::LABELS[self.index()]
+    }
+
+    /// A dense index, for per-decision metric arrays.
+    pub fn index(self) -> usize {
         match self {
-            Decision::Proxy { bypass: false } => "proxy",
-            Decision::Proxy { bypass: true } => "bypass",
-            Decision::Page => "page",
-            Decision::Asset => "asset",
+            Decision::Proxy { bypass: false } => 0,
+            Decision::Proxy { bypass: true } => 1,
+            Decision::Page => 2,
+            Decision::Asset => 3,
+            Decision::BypassLink => 4,
+            Decision::RedirectHttps => 5,
+            Decision::Refuse(_) => 6,
         }
     }
 }
 
-/// Maintenance off: everything is proxied. On: bypass paths, allowed clients
-/// and holders of the bypass secret are proxied (they see the app, not our assets); others get an asset or the page.
-pub fn decide(f: Facts) -> Decision {
-    if !f.maintenance {
-        Decision::Proxy { bypass: false }
-    } else if f.bypass_path || f.client_allowed || f.credential {
-        Decision::Proxy { bypass: true }
+/// The rules, in order:
+/// 1. plain HTTP to a site that redirects to https is redirected, bypass paths excepted
+///    (so that nothing — the bypass cookie least of all — is handed out over plain HTTP);
+/// 2. the bypass link with the right token gets its cookie;
+/// 3. maintenance off, or a bypass path, an allowed client or a credential: the
+///    request goes to the app, unless its declared body is too large;
+/// 4. everyone else gets an asset of the page, or the page.
+pub fn decide(f: &Facts) -> Decision {
+    if f.redirect_to_https && !f.bypass_path {
+        return Decision::RedirectHttps;
+    }
+    if f.bypass_link {
+        return Decision::BypassLink;
+    }
+    let let_through = !f.maintenance || f.bypass_path || f.client_allowed || f.credential;
+    if let_through {
+        if f.too_large {
+            Decision::Refuse(Refusal::TooLarge)
+        } else {
+            Decision::Proxy { bypass: f.maintenance }
+        }
     } else if f.asset {
         Decision::Asset
     } else {
@@ -53,96 +101,198 @@ pub fn decide(f: Facts) -> Decision {
     }
 }
 
-/// Whether `path` (the raw, still percent-encoded request path) lies under one
-/// of the prefixes. Matching is by whole segments: "/healthz" covers "/healthz"
-/// and "/healthz/db" but not "/healthzfoo".
-pub fn under_bypass_path(path: &str, prefixes: &[String]) -> bool {
-    // SECURITY: a path the upstream might normalise to somewhere else
-    // ("/healthz/../admin", "/healthz/%2e%2e/admin", "/healthz%2f..") is never a bypass.
-    if prefixes.is_empty() || path_is_ambiguous(path) {
-        return false;
-    }
-    prefixes.iter().any(|p| {
-        path.strip_prefix(p.as_str())
-            .is_some_and(|rest| p.ends_with('/') || rest.is_empty() || rest.starts_with('/'))
-    })
-}
-
-fn path_is_ambiguous(path: &str) -> bool {
-    // Encoded '.', '/' or '\\' in any case, checked without copying the path.
-    let encoded = path
-        .as_bytes()
-        .windows(3)
-        .any(|w| w[0] == b'%' && matches!((w[1], w[2].to_ascii_lowercase()), (b'2', b'e' | b'f') | (b'5', b'c')));
-    encoded || path.contains('\\') || path.contains("//") || path.split('/').any(|seg| seg == "." || seg == "..")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    const OFF: Facts = Facts {
+        redirect_to_https: false,
+        bypass_path: false,
+        bypass_link: false,
+        maintenance: false,
+        client_allowed: false,
+        credential: false,
+        asset: false,
+        too_large: false,
+    };
+    const ON: Facts = Facts {
+        maintenance: true,
+        ..OFF
+    };
+
+    #[test]
+    fn table() {
+        use Decision::*;
+        let rows: &[(&str, Facts, Decision)] = &[
+            ("off: proxied", OFF, Proxy { bypass: false }),
+            (
+                "off, too large",
+                Facts { too_large: true, ..OFF },
+                Refuse(Refusal::TooLarge),
+            ),
+            (
+                "off, asset path: the app's",
+                Facts { asset: true, ..OFF },
+                Proxy { bypass: false },
+            ),
+            ("on: page", ON, Page),
+            ("on, asset", Facts { asset: true, ..ON }, Asset),
+            (
+                "on, allowed",
+                Facts {
+                    client_allowed: true,
+                    ..ON
+                },
+                Proxy { bypass: true },
+            ),
+            (
+                "on, allowed asset path: the app's",
+                Facts {
+                    client_allowed: true,
+                    asset: true,
+                    ..ON
+                },
+                Proxy { bypass: true },
+            ),
+            (
+                "on, credential",
+                Facts { credential: true, ..ON },
+                Proxy { bypass: true },
+            ),
+            (
+                "on, bypass path",
+                Facts {
+                    bypass_path: true,
+                    ..ON
+                },
+                Proxy { bypass: true },
+            ),
+            (
+                "on, allowed, too large",
+                Facts {
+                    client_allowed: true,
+                    too_large: true,
+                    ..ON
+                },
+                Refuse(Refusal::TooLarge),
+            ),
+            (
+                "on, too large visitor: the page, not 413",
+                Facts { too_large: true, ..ON },
+                Page,
+            ),
+            (
+                "on, bypass link",
+                Facts {
+                    bypass_link: true,
+                    ..ON
+                },
+                BypassLink,
+            ),
+            (
+                "bypass link beats being allowed",
+                Facts {
+                    bypass_link: true,
+                    client_allowed: true,
+                    ..ON
+                },
+                BypassLink,
+            ),
+            (
+                "plain http, redirecting",
+                Facts {
+                    redirect_to_https: true,
+                    ..OFF
+                },
+                RedirectHttps,
+            ),
+            (
+                "redirect beats the bypass link",
+                Facts {
+                    redirect_to_https: true,
+                    bypass_link: true,
+                    ..ON
+                },
+                RedirectHttps,
+            ),
+            (
+                "bypass path is never redirected",
+                Facts {
+                    redirect_to_https: true,
+                    bypass_path: true,
+                    ..OFF
+                },
+                Proxy { bypass: false },
+            ),
+            (
+                "bypass path in maintenance, plain",
+                Facts {
+                    redirect_to_https: true,
+                    bypass_path: true,
+                    ..ON
+                },
+                Proxy { bypass: true },
+            ),
+        ];
+        for (case, facts, want) in rows {
+            assert_eq!(decide(facts), *want, "{case}");
+        }
+    }
+
+    /// Every combination, against the rules stated another way.
     #[test]
     fn every_combination() {
-        for bits in 0u8..32 {
+        for bits in 0u16..256 {
+            let b = |i: u16| bits & (1 << i) != 0;
             let f = Facts {
-                maintenance: bits & 1 != 0,
-                client_allowed: bits & 2 != 0,
-                bypass_path: bits & 4 != 0,
-                asset: bits & 8 != 0,
-                credential: bits & 16 != 0,
+                redirect_to_https: b(0),
+                bypass_path: b(1),
+                bypass_link: b(2),
+                maintenance: b(3),
+                client_allowed: b(4),
+                credential: b(5),
+                asset: b(6),
+                too_large: b(7),
             };
-            let expected = match (
-                f.maintenance,
-                f.client_allowed || f.bypass_path || f.credential,
-                f.asset,
-            ) {
-                (false, _, _) => Decision::Proxy { bypass: false },
-                (true, true, _) => Decision::Proxy { bypass: true },
-                (true, false, true) => Decision::Asset,
-                (true, false, false) => Decision::Page,
+            let d = decide(&f);
+            let expected = if f.redirect_to_https && !f.bypass_path {
+                Decision::RedirectHttps
+            } else if f.bypass_link {
+                Decision::BypassLink
+            } else if f.maintenance && !(f.bypass_path || f.client_allowed || f.credential) {
+                if f.asset {
+                    Decision::Asset
+                } else {
+                    Decision::Page
+                }
+            } else if f.too_large {
+                Decision::Refuse(Refusal::TooLarge)
+            } else {
+                Decision::Proxy { bypass: f.maintenance }
             };
-            assert_eq!(decide(f), expected, "{f:?}");
+            assert_eq!(d, expected, "{f:?}");
+            // Nobody outside the rules reaches the app during maintenance.
+            if let Decision::Proxy { bypass: true } = d {
+                assert!(f.bypass_path || f.client_allowed || f.credential, "{f:?}");
+            }
         }
     }
 
     #[test]
     fn labels() {
-        assert_eq!(Decision::Proxy { bypass: false }.label(), "proxy");
-        assert_eq!(Decision::Proxy { bypass: true }.label(), "bypass");
-        assert_eq!(Decision::Page.label(), "page");
-        assert_eq!(Decision::Asset.label(), "asset");
-    }
-
-    #[test]
-    fn bypass_paths_match_whole_segments() {
-        let p = vec!["/healthz".to_string(), "/api/status/".to_string()];
-        for ok in [
-            "/healthz",
-            "/healthz/db",
-            "/healthz?full=1",
-            "/api/status/",
-            "/api/status/x",
-        ] {
-            let path = ok.split('?').next().unwrap_or(ok);
-            assert!(under_bypass_path(path, &p), "{ok}");
+        let all = [
+            Decision::Proxy { bypass: false },
+            Decision::Proxy { bypass: true },
+            Decision::Page,
+            Decision::Asset,
+            Decision::BypassLink,
+            Decision::RedirectHttps,
+            Decision::Refuse(Refusal::TooLarge),
+        ];
+        let labels: Vec<&str> = all.iter().map(|d| d.label()).collect();
+        assert_eq!(labels, Decision::LABELS);
+        for (i, d) in all.iter().enumerate() {
+            assert_eq!(d.index(), i);
         }
-        for no in [
-            "/",
-            "/healthzfoo",
-            "/health",
-            "/api/status",
-            "/x/healthz",
-            "/healthz/../admin",
-            "/healthz/%2e%2e/admin",
-            "/healthz/%2E%2E/admin",
-            "/healthz%2f..%2fadmin",
-            "/healthz/..%5cadmin",
-            "/healthz\\..\\admin",
-            "/healthz//x",
-            "/healthz/./x",
-        ] {
-            assert!(!under_bypass_path(no, &p), "{no}");
-        }
-        assert!(!under_bypass_path("/healthz", &[]));
     }
 }

@@ -31,7 +31,8 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Fleet, OnError};
-use crate::state::{FleetView, Source, State};
+use crate::maint::{onoff, FleetView, Source};
+use crate::state::{State, Via};
 use crate::watch::Wake;
 
 /// The whole of one CLI exchange with etcd (connect, authenticate, request).
@@ -127,7 +128,7 @@ pub fn spawn(cfg: Fleet, toggle: PathBuf, state: Arc<State>, wake: Wake, shutdow
     let persist = persist_path(&toggle);
     // `restore` has already said what is wrong with the file, if anything.
     let known = load_known(&cfg, &persist, false).unwrap_or_default();
-    let published = state.snapshot().maint.fleet.clone();
+    let published = state.snapshot().fleet.clone();
     let runner = Runner {
         cfg,
         persist,
@@ -736,29 +737,19 @@ impl Runner {
             return;
         }
         let prev = self.published.replace(view.clone());
-        let (was, is) = self.state.set_fleet(view.clone());
+        let flip = self.state.set_fleet(view.clone());
         self.wake.notify_one();
         let snap = self.state.snapshot();
         let from_fleet = snap.maint.source == Some(Source::Fleet);
-        if was != is {
-            tracing::info!(
-                source = "fleet",
-                revision = view.revision,
-                key = %self.cfg.key,
-                cause,
-                "maintenance {} -> {}",
-                onoff(was),
-                onoff(is)
-            );
-        } else if is && from_fleet && prev.as_ref().is_some_and(|p| p.on && p.value != view.value) {
-            tracing::info!(
-                source = "fleet",
-                revision = view.revision,
-                key = %self.cfg.key,
-                cause,
-                "maintenance settings changed"
-            );
-        }
+        let settings_changed = from_fleet && prev.as_ref().is_some_and(|p| p.on && p.value != view.value);
+        flip.log(
+            Via::Fleet {
+                key: &self.cfg.key,
+                revision: view.revision,
+            },
+            cause,
+            settings_changed,
+        );
         if from_fleet && prev.as_ref().map(|p| &p.value) != Some(&view.value) {
             if let Some(w) = &snap.maint.warning {
                 tracing::warn!(source = "fleet", key = %self.cfg.key, revision = view.revision, "{w}");
@@ -775,14 +766,6 @@ fn jitter(d: Duration) -> Duration {
         Err(_) => 0.5,
     };
     d.mul_f64(0.5 + 0.5 * r)
-}
-
-fn onoff(b: bool) -> &'static str {
-    if b {
-        "on"
-    } else {
-        "off"
-    }
 }
 
 fn on_error_name(o: OnError) -> &'static str {

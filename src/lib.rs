@@ -9,6 +9,8 @@
 pub mod admin;
 /// IP sets (allowlist, trusted proxies) with O(log n) lookups.
 pub mod allowlist;
+/// The body type every answer and every forwarded request carries.
+pub mod body;
 /// Request and response buffering against slow clients.
 pub mod buffer;
 /// Secret bypass link, signed cookie, bypass header.
@@ -23,23 +25,35 @@ pub mod commands;
 pub mod config;
 /// `run`: the daemon's lifecycle.
 pub mod daemon;
-/// The pure proxy-or-page decision.
+/// The pure decision: what a request gets, from its facts.
 pub mod decision;
+/// The facts of one request, gathered once from its head and the snapshot.
+pub mod facts;
 /// The fleet switch: one etcd key for many instances.
 pub mod fleet;
+/// One exchange with the upstream, and how it can fail.
+pub mod forward;
 /// Hop-by-hop header handling.
 pub mod hop;
 /// Log setup.
 pub mod logging;
+/// The maintenance view: derived from toggle, fleet key, config and clock.
+pub mod maint;
 /// Prometheus metrics.
 pub mod metrics;
 /// Maintenance page, assets, error pages.
 pub mod page;
 /// Idle keep-alive connections without hyper's buffers.
 pub mod park;
-/// Forwarding to the upstream.
-pub mod proxy;
-/// Listeners and per-request flow.
+/// Request paths against configured prefixes.
+pub mod paths;
+/// One request, start to end: facts, decision, response, log.
+pub mod pipeline;
+/// The request head as the upstream gets it.
+pub mod rewrite;
+/// A config with the files it points to loaded.
+pub mod runtime;
+/// Listeners and connections.
 pub mod server;
 /// The atomically swapped snapshot requests read.
 pub mod state;
@@ -49,5 +63,7 @@ pub mod tls;
 pub mod toggle;
 /// Durations and sizes.
 pub mod units;
+/// The upstream client and its per-worker connection pool.
+pub mod upstream;
 /// The toggle watcher (inotify + periodic re-check).
 pub mod watch;

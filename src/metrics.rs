@@ -12,9 +12,8 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
 use crate::decision::Decision;
-use crate::proxy::Outcome;
+use crate::forward::Outcome;
 
-const DECISIONS: [&str; 4] = ["proxy", "bypass", "page", "asset"];
 const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -69,7 +68,7 @@ impl Metrics {
         let mut registry = Registry::with_prefix("gatekeeper");
         let requests_f = Family::<RequestLabels, Counter>::default();
         let mut requests = Vec::new();
-        for d in DECISIONS {
+        for d in Decision::LABELS {
             for c in CLASSES {
                 requests.push(
                     requests_f
@@ -87,7 +86,7 @@ impl Metrics {
         let durations_f = Family::<DecisionLabel, Histogram>::new_with_constructor(|| {
             Histogram::new(exponential_buckets(0.0005, 2.0, 16))
         });
-        let durations = DECISIONS
+        let durations = Decision::LABELS
             .iter()
             .map(|d| durations_f.get_or_create(&DecisionLabel { decision: d }).clone())
             .collect();
@@ -181,12 +180,7 @@ impl Metrics {
 
     /// Counts one answered request.
     pub fn request(&self, decision: Decision, status: u16, outcome: Option<Outcome>, seconds: f64) {
-        let d = match decision {
-            Decision::Proxy { bypass: false } => 0,
-            Decision::Proxy { bypass: true } => 1,
-            Decision::Page => 2,
-            Decision::Asset => 3,
-        };
+        let d = decision.index();
         let class = usize::from((status / 100).clamp(1, 5) - 1);
         if let Some(c) = self.requests.get(d * CLASSES.len() + class) {
             c.inc();

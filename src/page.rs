@@ -753,6 +753,18 @@ pub fn error_response(status: StatusCode) -> Response<Full<Bytes>> {
     )
 }
 
+/// The page for a message, retry time and optional window end.
+pub fn render_at(pages: &PageSet, message: &str, retry_after: u64, until: Option<jiff::Timestamp>) -> Rendered {
+    let rfc = until.map(|u| u.to_string());
+    let human = until.map(human_until);
+    render(pages, message, retry_after, rfc.as_deref(), human.as_deref())
+}
+
+/// "2026-12-01T02:30:00Z" → "02:30 UTC on 2026-12-01": for people, script-free.
+pub fn human_until(t: jiff::Timestamp) -> String {
+    t.strftime("%H:%M UTC on %Y-%m-%d").to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

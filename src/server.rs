@@ -1,13 +1,13 @@
-//! Listeners and the per-request flow: accept (bounded by `max_connections`),
-//! serve HTTP/1.1 and h2c on one socket, load one snapshot, resolve the
-//! client, decide, answer or forward, log.
+//! Listeners and connections: bind, accept (bounded by `max_connections`),
+//! serve HTTP/1.1 and h2c on one socket (and h2 over TLS), park idle
+//! keep-alive connections; every request goes to [`crate::pipeline::handle`].
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use http::{Method, Request, Response};
+use http::Request;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -17,12 +17,9 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::bypass;
-use crate::client_ip;
-use crate::decision::{decide, under_bypass_path, Decision, Facts};
-use crate::page;
+use crate::facts::Conn;
 use crate::park;
-use crate::proxy::{self, boxed, Body, Origin};
+use crate::pipeline;
 use crate::state::State;
 
 /// Binds every configured address once per worker, with SO_REUSEPORT so that
@@ -207,7 +204,12 @@ where
         };
         let state = state.clone();
         async move {
-            let resp = handle(req, peer, &state, https).await;
+            let conn = Conn {
+                peer,
+                https,
+                https_port: state.https_port(),
+            };
+            let resp = pipeline::handle(req, &conn, &state).await;
             guard.answered(&resp);
             Ok::<_, Infallible>(resp.map(|b| park::Tracked::new(b, guard)))
         }
@@ -230,126 +232,6 @@ where
     }
 }
 
-/// One request, start to end. Never fails: every problem becomes a response.
-pub async fn handle(req: Request<Incoming>, peer: SocketAddr, state: &State, https: bool) -> Response<Body> {
-    let start = Instant::now();
-    let snap = state.snapshot();
-    let (rt, m) = (&snap.rt, &snap.maint);
-    let cfg = &rt.config;
-
-    let peer_ip = canonical(peer.ip());
-    let resolved = client_ip::resolve(peer_ip, req.headers(), &rt.trusted, &cfg.clients.header);
-    let allowed = resolved.client.is_some_and(|ip| rt.allow.contains(ip));
-    let path = req.uri().path();
-    let bp = &cfg.bypass;
-    let on_bypass_path = under_bypass_path(path, &cfg.maintenance.bypass_paths);
-    // First, so that nothing — the bypass link's cookie least of all — is handed out over plain HTTP.
-    if !https {
-        if let Some(tls) = cfg.tls.as_ref().filter(|t| t.redirect_http) {
-            if !on_bypass_path {
-                if let Some(r) = redirect_to_https(&req, tls, state.https_port()) {
-                    return r;
-                }
-            }
-        }
-    }
-    // The bypass link: a right token gets the cookie; a wrong one the ordinary answer.
-    if let (true, Some(secret)) = (m.present, &m.secret) {
-        if let Some(token) = path.strip_prefix(bp.path.as_str()) {
-            if bypass::token_matches(secret, token) {
-                return bypass_link(&req, secret, bp, https, state, peer, start);
-            }
-        }
-    }
-    let credential = m.active
-        && m.secret.as_deref().is_some_and(|secret| {
-            let header_ok = req
-                .headers()
-                .get(&bp.header)
-                .and_then(|v| v.to_str().ok())
-                .is_some_and(|t| bypass::token_matches(secret, t));
-            header_ok
-                || bypass::cookie(req.headers(), &bp.cookie_name)
-                    .is_some_and(|c| bypass::verify(secret, c, jiff::Timestamp::now().as_second()))
-        });
-    let get_or_head = matches!(*req.method(), Method::GET | Method::HEAD);
-    let asset = if m.active && get_or_head {
-        rt.pages.asset(path)
-    } else {
-        None
-    };
-    let decision = decide(Facts {
-        maintenance: m.active,
-        client_allowed: allowed,
-        bypass_path: m.active && on_bypass_path,
-        credential,
-        asset: asset.is_some(),
-    });
-
-    let method = req.method().clone();
-    let log_path = cfg.log.access.then(|| req.uri().path().to_string());
-    let (resp, outcome) = match (decision, asset) {
-        (Decision::Page, _) | (Decision::Asset, None) => {
-            let accept = req.headers().get(http::header::ACCEPT);
-            let retry = m.retry_after_now();
-            let resp = if m.until.is_some() {
-                // The countdown changes every second; the page is rendered for this moment.
-                let r = crate::state::render_at(&rt.pages, &m.message, retry, m.until);
-                page::maintenance_response(&r, &method, accept, retry)
-            } else {
-                page::maintenance_response(&m.rendered, &method, accept, retry)
-            };
-            (boxed(resp), None)
-        }
-        (Decision::Asset, Some(a)) => (boxed(page::asset_response(a, &method)), None),
-        (Decision::Proxy { bypass }, _) => {
-            let mut req = req;
-            // SECURITY: bypass credentials are gatekeeper's business, never the app's.
-            req.headers_mut().remove(&bp.header);
-            bypass::strip_cookie(req.headers_mut(), &bp.cookie_name);
-            let origin = Origin {
-                peer_trusted: rt.trusted.contains(peer_ip),
-                resolved: &resolved,
-                https,
-            };
-            // Boxed: hyper keeps a slot the size of this future for every
-            // connection; the forwarding state is large. Boxed in a statement of
-            // its own: a temporary in the awaiting statement would keep its
-            // space in this future's state even after it is moved into the box.
-            let forward = Box::pin(proxy::forward(&rt.upstream, cfg, req, &origin, bypass));
-            let (r, o) = forward.await;
-            (r, Some(o))
-        }
-    };
-    let elapsed = start.elapsed();
-    state
-        .metrics
-        .request(decision, resp.status().as_u16(), outcome, elapsed.as_secs_f64());
-    if let Some(path) = log_path {
-        let client = resolved.client.map_or_else(|| "unknown".to_string(), |c| c.to_string());
-        tracing::info!(
-            target: "access",
-            client = %client,
-            peer = %peer,
-            method = %method,
-            path = %path,
-            status = resp.status().as_u16(),
-            decision = decision.label(),
-            upstream = outcome.map_or("-", proxy::Outcome::label),
-            ms = format_args!("{:.3}", elapsed.as_secs_f64() * 1000.0),
-        );
-    }
-    resp
-}
-
-/// An IPv4-mapped IPv6 peer (dual-stack socket) is the IPv4 address it carries.
-fn canonical(ip: std::net::IpAddr) -> std::net::IpAddr {
-    match ip {
-        std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, std::net::IpAddr::V4),
-        v4 => v4,
-    }
-}
-
 /// Runs `f` when dropped: the connection gauge must go down however the connection ends.
 fn scopeguard<F: FnOnce()>(f: F) -> impl Drop {
     struct Guard<F: FnOnce()>(Option<F>);
@@ -361,60 +243,4 @@ fn scopeguard<F: FnOnce()>(f: F) -> impl Drop {
         }
     }
     Guard(Some(f))
-}
-
-/// 308 to the same URL on https (the first TLS listener's port when it is not 443).
-fn redirect_to_https(req: &Request<Incoming>, tls: &crate::config::Tls, bound: Option<u16>) -> Option<Response<Body>> {
-    let host = req
-        .headers()
-        .get(http::header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .or_else(|| req.uri().authority().map(|a| a.as_str()))?;
-    let authority: http::uri::Authority = host.parse().ok()?;
-    // The port actually bound (the config may say 0), else the configured one.
-    let port = bound.or_else(|| tls.listen.first().map(|a| a.port())).unwrap_or(443);
-    // `Authority::host` keeps an IPv6 address's brackets.
-    let target_host = match port {
-        443 => authority.host().to_string(),
-        p => format!("{}:{p}", authority.host()),
-    };
-    let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
-    let location = http::HeaderValue::from_str(&format!("https://{target_host}{pq}")).ok()?;
-    let mut r = boxed(page::error_response(http::StatusCode::PERMANENT_REDIRECT));
-    r.headers_mut().insert(http::header::LOCATION, location);
-    Some(r)
-}
-
-/// 303 to `next` (same-site only) or "/", with a fresh signed bypass cookie.
-fn bypass_link(
-    req: &Request<Incoming>,
-    secret: &str,
-    bp: &crate::config::Bypass,
-    https: bool,
-    state: &State,
-    peer: SocketAddr,
-    start: Instant,
-) -> Response<Body> {
-    let ttl = bp.cookie_ttl.as_secs().max(1);
-    let expires = jiff::Timestamp::now()
-        .as_second()
-        .saturating_add(i64::try_from(ttl).unwrap_or(i64::MAX));
-    let value = bypass::sign(secret, expires);
-    let target = bypass::redirect_target(req.uri().query());
-    let mut r = boxed(page::error_response(http::StatusCode::SEE_OTHER));
-    if let Ok(loc) = http::HeaderValue::from_str(&target) {
-        r.headers_mut().insert(http::header::LOCATION, loc);
-    }
-    if let Some(c) = bypass::set_cookie(&bp.cookie_name, &value, ttl, https) {
-        r.headers_mut().insert(http::header::SET_COOKIE, c);
-    }
-    state.metrics.request(
-        Decision::Proxy { bypass: true },
-        303,
-        None,
-        start.elapsed().as_secs_f64(),
-    );
-    // The token is a credential: never log the path that carries it.
-    tracing::info!(target: "access", peer = %peer, method = %req.method(), path = %bp.path, status = 303, decision = "bypass-link");
-    r
 }

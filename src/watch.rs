@@ -12,7 +12,7 @@ use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::state::State;
+use crate::state::{State, Via};
 use crate::toggle;
 
 /// Something that asks the watcher to look again now (a reload, a signal).
@@ -56,10 +56,9 @@ pub fn spawn(state: Arc<State>, shutdown: CancellationToken) -> Result<Wake, not
             // A window boundary that passed (timer fired, or the clock jumped): re-derive now.
             let now = jiff::Timestamp::now();
             if state.snapshot().maint.next_boundary.is_some_and(|b| b <= now) {
-                let (was, is) = state.refresh();
-                if was != is {
-                    tracing::info!(cause = "schedule", "maintenance {} -> {}", onoff(was), onoff(is));
-                }
+                let flip = state.refresh();
+                let source = state.snapshot().maint.source;
+                flip.log(Via::Schedule { source }, "schedule", false);
             }
             let snap = state.snapshot();
             let recheck = snap.rt.config.maintenance.recheck;
@@ -95,7 +94,7 @@ impl ToggleWatch {
         self.rewatch(&path);
         let obs = toggle::observe(&path);
         // The snapshot holds the observation last applied: compare with it.
-        let prev = &state.snapshot().maint.observed;
+        let prev = &state.snapshot().observed;
         if prev.exists == obs.exists && prev.fingerprint == obs.fingerprint {
             return;
         }
@@ -103,12 +102,9 @@ impl ToggleWatch {
         if let Some(w) = &obs.warning {
             tracing::warn!("{w}");
         }
-        let (was, now) = state.set_observed(obs);
-        if was != now {
-            tracing::info!(toggle = %path.display(), source = "file", cause, "maintenance {} -> {}", onoff(was), onoff(now));
-        } else if now && self_changed {
-            tracing::info!(toggle = %path.display(), source = "file", cause, "maintenance settings changed");
-        }
+        state
+            .set_observed(obs)
+            .log(Via::File { toggle: &path }, cause, self_changed);
     }
 
     /// Keeps inotify watches on every directory whose change can change what the toggle path shows.
@@ -131,14 +127,6 @@ impl ToggleWatch {
                 }
             }
         }
-    }
-}
-
-fn onoff(b: bool) -> &'static str {
-    if b {
-        "on"
-    } else {
-        "off"
     }
 }
 

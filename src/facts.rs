@@ -1,0 +1,115 @@
+//! Gathering the facts of one request, once: who sent it (the peer and the
+//! resolved client), what maintenance looks like, which credential it carries,
+//! where it goes. Pure: a request head, a snapshot and the time in, facts out.
+
+use std::net::SocketAddr;
+
+use http::header::{HeaderValue, HOST};
+use http::{Method, Request};
+
+use crate::bypass;
+use crate::client_ip::{self, Resolved};
+use crate::decision::Facts;
+use crate::page::Asset;
+use crate::paths::under_bypass_path;
+use crate::state::Snapshot;
+
+/// How a request arrived.
+#[derive(Debug, Clone, Copy)]
+pub struct Conn {
+    pub peer: SocketAddr,
+    /// On a TLS listener.
+    pub https: bool,
+    /// The first TLS listener's bound port, for redirects to https.
+    pub https_port: Option<u16>,
+}
+
+/// The facts the decision reads, and what answering it will need.
+pub struct Gathered<'s> {
+    pub facts: Facts,
+    pub resolved: Resolved,
+    /// The asset the path names, when [`Facts::asset`].
+    pub asset: Option<&'s crate::page::Asset>,
+    /// Where a redirect to https goes, when [`Facts::redirect_to_https`].
+    pub location: Option<HeaderValue>,
+}
+
+/// The facts of `req` against `snap`. `now` matters only while a toggle is
+/// present (cookie expiry); callers may pass any time otherwise.
+pub fn gather<'s, B>(req: &Request<B>, conn: &Conn, snap: &'s Snapshot, now: jiff::Timestamp) -> Gathered<'s> {
+    let (rt, m) = (&*snap.rt, &snap.maint);
+    let cfg = &rt.config;
+    let headers = req.headers();
+    let path = req.uri().path();
+
+    let resolved = client_ip::resolve(conn.peer.ip(), headers, &rt.trusted, &cfg.clients.header);
+    let client_allowed = resolved.client.is_some_and(|ip| rt.allow.contains(ip));
+    let bypass_path = under_bypass_path(path, &cfg.maintenance.bypass_paths);
+    let location = match &cfg.tls {
+        Some(tls) if !conn.https && tls.redirect_http && !bypass_path => https_location(req, tls, conn.https_port),
+        _ => None,
+    };
+    let bp = &cfg.bypass;
+    let secret = m.secret.as_deref().filter(|_| m.present);
+    let bypass_link = secret.is_some_and(|secret| {
+        path.strip_prefix(bp.path.as_str())
+            .is_some_and(|token| bypass::token_matches(secret, token))
+    });
+    let credential = m.active
+        && secret.is_some_and(|secret| {
+            let header_ok = headers
+                .get(&bp.header)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|t| bypass::token_matches(secret, t));
+            header_ok
+                || bypass::cookie(headers, &bp.cookie_name).is_some_and(|c| bypass::verify(secret, c, now.as_second()))
+        });
+    let let_through = bypass_path || client_allowed || credential;
+    let get_or_head = matches!(*req.method(), Method::GET | Method::HEAD);
+    let asset: Option<&Asset> = if m.active && !let_through && get_or_head {
+        rt.pages.asset(path)
+    } else {
+        None
+    };
+    let too_large = content_length(headers).is_some_and(|n| n > cfg.buffering.max_body);
+    Gathered {
+        facts: Facts {
+            redirect_to_https: location.is_some(),
+            bypass_path,
+            bypass_link,
+            maintenance: m.active,
+            client_allowed,
+            credential,
+            asset: asset.is_some(),
+            too_large,
+        },
+        resolved,
+        asset,
+        location,
+    }
+}
+
+/// The same URL on https (the first TLS listener's port when it is not 443),
+/// or none when the request names no usable host.
+fn https_location<B>(req: &Request<B>, tls: &crate::config::Tls, bound: Option<u16>) -> Option<HeaderValue> {
+    let host = req
+        .headers()
+        .get(HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri().authority().map(|a| a.as_str()))?;
+    let authority: http::uri::Authority = host.parse().ok()?;
+    // The port actually bound (the config may say 0), else the configured one.
+    let port = bound.or_else(|| tls.listen.first().map(|a| a.port())).unwrap_or(443);
+    // `Authority::host` keeps an IPv6 address's brackets.
+    let target_host = match port {
+        443 => authority.host().to_string(),
+        p => format!("{}:{p}", authority.host()),
+    };
+    let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    HeaderValue::from_str(&format!("https://{target_host}{pq}")).ok()
+}
+
+/// The declared length of a request body, when it is a plain number.
+fn content_length(h: &http::HeaderMap) -> Option<u64> {
+    h.get(http::header::CONTENT_LENGTH)?.to_str().ok()?.trim().parse().ok()
+}

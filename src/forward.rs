@@ -1,0 +1,285 @@
+//! One exchange with the upstream: the request body read (buffered or
+//! streamed), the head sent on a pooled connection (resent once on a fresh one
+//! when the pooled one was stale), the response-head deadline, upgrade relay,
+//! and the answer's body passed on (spooled against slow clients). Every way
+//! it can fail is one [`ForwardError`], answered by [`ForwardError::response`].
+
+use bytes::Bytes;
+use http::header::{self, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode};
+use http_body::Body as HttpBody;
+use http_body_util::BodyExt;
+use hyper_util::rt::TokioIo;
+
+use crate::body::{self, boxed, Body, BoxError};
+use crate::buffer::{self, RequestBodyError};
+use crate::config::Config;
+use crate::hop;
+use crate::page;
+use crate::rewrite::{rewrite_request_headers, Origin};
+use crate::upstream::{PooledBody, UpstreamClient};
+
+static X_MAINTENANCE_MODE: HeaderName = HeaderName::from_static("x-maintenance-mode");
+static X_ACCEL_BUFFERING: HeaderName = HeaderName::from_static("x-accel-buffering");
+
+/// How an answered request's upstream exchange ended, for logs and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Ok,
+    Unreachable,
+    Timeout,
+    /// Answered by gatekeeper without contacting the upstream (413, 408, ...).
+    Refused,
+}
+
+impl Outcome {
+    pub fn label(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::Unreachable => "unreachable",
+            Outcome::Timeout => "timeout",
+            Outcome::Refused => "refused",
+        }
+    }
+}
+
+/// Why a forwarded request got no answer from the upstream.
+#[derive(Debug, thiserror::Error)]
+pub enum ForwardError {
+    /// Reading the client's body failed (too large, too slow, malformed, no disk).
+    #[error(transparent)]
+    Body(#[from] RequestBodyError),
+    /// The request target cannot be sent upstream.
+    #[error("request target cannot be forwarded: {0}")]
+    Target(http::Error),
+    /// Connecting or exchanging with the upstream failed before a response head.
+    #[error("{}", error_chain(&**.0))]
+    Unreachable(BoxError),
+    /// No response head within `upstream.timeout`.
+    #[error("no response head from the upstream in time")]
+    Timeout,
+    /// The upstream switched protocols on a request that did not ask to.
+    #[error("upstream switched protocols unasked")]
+    UnaskedUpgrade,
+}
+
+impl ForwardError {
+    pub fn outcome(&self) -> Outcome {
+        match self {
+            ForwardError::Body(_) => Outcome::Refused,
+            ForwardError::Target(_) => Outcome::Ok,
+            ForwardError::Unreachable(_) | ForwardError::UnaskedUpgrade => Outcome::Unreachable,
+            ForwardError::Timeout => Outcome::Timeout,
+        }
+    }
+
+    /// The one mapping from a failed exchange to what the client gets.
+    pub fn response(&self) -> Response<Body> {
+        let status = match self {
+            ForwardError::Body(RequestBodyError::TooLarge(_)) => StatusCode::PAYLOAD_TOO_LARGE,
+            ForwardError::Body(RequestBodyError::Timeout(_)) => StatusCode::REQUEST_TIMEOUT,
+            ForwardError::Body(RequestBodyError::Client(_)) | ForwardError::Target(_) => StatusCode::BAD_REQUEST,
+            ForwardError::Body(RequestBodyError::Disk(_)) => StatusCode::INTERNAL_SERVER_ERROR,
+            ForwardError::Unreachable(_) | ForwardError::UnaskedUpgrade => StatusCode::BAD_GATEWAY,
+            ForwardError::Timeout => StatusCode::GATEWAY_TIMEOUT,
+        };
+        match self {
+            ForwardError::Body(RequestBodyError::Disk(_)) => tracing::error!(error = %self, "request refused"),
+            ForwardError::Unreachable(_) => tracing::warn!(error = %self, "upstream request failed"),
+            _ => {}
+        }
+        let mut r = boxed(page::error_response(status));
+        if let ForwardError::Body(_) = self {
+            // The rest of the body is unread: this connection cannot carry another request.
+            r.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        r
+    }
+}
+
+/// Forwards `req` and returns the upstream's answer; `bypass` marks a request
+/// let through maintenance.
+pub async fn forward<B>(
+    upstream: &UpstreamClient,
+    cfg: &Config,
+    mut req: Request<B>,
+    origin: &Origin<'_>,
+    bypass: bool,
+) -> Result<Response<Body>, ForwardError>
+where
+    B: HttpBody<Data = Bytes> + Send + Sync + Unpin + 'static,
+    B::Error: Into<BoxError>,
+{
+    let upgrade = hop::is_upgrade(req.headers());
+    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let (mut parts, body) = req.into_parts();
+    let head_only = parts.method == http::Method::HEAD;
+    let b = &cfg.buffering;
+
+    // We answer `Expect: 100-continue` ourselves (hyper does when the body is first read).
+    parts.headers.remove(header::EXPECT);
+    let body: Body = if body.is_end_stream() {
+        body::empty()
+    } else if b.requests && !upgrade {
+        let dir = buffer::temp_dir(b.dir.as_deref());
+        // Boxed: only requests with a body pay for the reading state's size.
+        let buffered = Box::pin(buffer::read_request(
+            body,
+            b.memory,
+            b.max_body,
+            &dir,
+            cfg.server.body_timeout,
+        ))
+        .await?;
+        parts
+            .headers
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(buffered.len()));
+        buffered.into_body()
+    } else {
+        http_body_util::Limited::new(body, usize::try_from(b.max_body).unwrap_or(usize::MAX)).boxed()
+    };
+
+    let uri = upstream.uri(parts.uri.path_and_query()).map_err(ForwardError::Target)?;
+    // HTTP/2 requests carry the host in the URI; the upstream speaks HTTP/1.1 and wants Host.
+    let host = parts.headers.get(header::HOST).cloned().or_else(|| {
+        parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    });
+    parts.uri = uri;
+    // The client picks the upstream's protocol (HTTP/1.1, or h2 for h2c://).
+    parts.version = http::Version::HTTP_11;
+    // A pooled connection the upstream is just closing loses the request written
+    // to it. Resending is safe only for idempotent requests without a body.
+    // Copied before the headers gatekeeper adds: fewer to copy, and a resend adds them again.
+    let retry = (is_idempotent(&parts.method) && body.is_end_stream()).then(|| {
+        (
+            parts.method.clone(),
+            parts.uri.clone(),
+            parts.headers.clone(),
+            host.clone(),
+        )
+    });
+    rewrite_request_headers(&mut parts.headers, upstream, origin, host, upgrade);
+    let out = Request::from_parts(parts, body);
+    // Pinned where it is: handing the future itself to `timeout` would copy it twice.
+    let exchange = std::pin::pin!(async {
+        match upstream.send(out).await {
+            (Err(e), true) if retry.is_some() && stale_connection(&*e) => {
+                // nginx's way: the pooled connection had been closed under the
+                // request; resend once on a fresh connection, which cannot be stale.
+                tracing::debug!(error = %error_chain(&*e), "stale upstream connection; resending on a new one");
+                let Some((method, uri, mut headers, host)) = retry else {
+                    return Err(e);
+                };
+                rewrite_request_headers(&mut headers, upstream, origin, host, upgrade);
+                let mut again = Request::new(body::empty());
+                *again.method_mut() = method;
+                *again.uri_mut() = uri;
+                *again.headers_mut() = headers;
+                Box::pin(upstream.send_fresh(again)).await
+            }
+            (r, _) => r,
+        }
+    });
+
+    let (mut resp, lease) = match tokio::time::timeout(cfg.upstream.timeout, exchange).await {
+        Err(_) => return Err(ForwardError::Timeout),
+        Ok(Err(e)) => return Err(ForwardError::Unreachable(e)),
+        Ok(Ok(r)) => r,
+    };
+
+    // Our own HTTP/1.1 towards the client, whatever the upstream spoke (an
+    // HTTP/1.0 app's version would make hyper answer in HTTP/1.0 and close).
+    *resp.version_mut() = http::Version::HTTP_11;
+    // The connection goes back to the pool once its answer has been read to
+    // the end; an upgraded one belongs to the relay from now on.
+    let lease = lease.filter(|_| resp.status() != StatusCode::SWITCHING_PROTOCOLS);
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        // SECURITY: never switch protocols on a connection that did not ask to.
+        let client_side = client_upgrade.ok_or(ForwardError::UnaskedUpgrade)?;
+        let upstream_side = hyper::upgrade::on(&mut resp);
+        tokio::spawn(async move {
+            match tokio::try_join!(client_side, upstream_side) {
+                Ok((c, u)) => {
+                    let (mut c, mut u) = (TokioIo::new(c), TokioIo::new(u));
+                    if let Err(e) = tokio::io::copy_bidirectional(&mut c, &mut u).await {
+                        tracing::debug!(error = %e, "upgraded connection ended");
+                    }
+                }
+                Err(e) => tracing::debug!(error = %e, "upgrade failed"),
+            }
+        });
+        hop::strip(resp.headers_mut(), true);
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        hop::strip(resp.headers_mut(), false);
+    }
+    if bypass {
+        resp.headers_mut()
+            .insert(X_MAINTENANCE_MODE.clone(), HeaderValue::from_static("bypass"));
+    }
+    // nginx's convention: the app asks for this answer to be relayed unbuffered.
+    let unbuffered = resp
+        .headers_mut()
+        .remove(&X_ACCEL_BUFFERING)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"no"));
+    let status = resp.status();
+    let no_body = head_only
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED;
+    // A small answer of known length is already out of the app's hands (it sits in
+    // socket buffers); spooling it would only add work.
+    let small = resp.body().size_hint().exact().is_some_and(|n| n <= b.memory as u64);
+    let resp = resp.map(|inner| PooledBody::new(inner, lease));
+    Ok(if no_body || unbuffered || !b.responses || small {
+        resp.map(|body| body.map_err(BoxError::from).boxed())
+    } else {
+        let dir = buffer::temp_dir(b.dir.as_deref());
+        resp.map(|body| buffer::spool_response(body, b.memory, dir))
+    })
+}
+
+fn is_idempotent(m: &http::Method) -> bool {
+    use http::Method as M;
+    matches!(*m, M::GET | M::HEAD | M::OPTIONS | M::TRACE | M::PUT | M::DELETE)
+}
+
+/// The upstream closed or reset the connection before any response head:
+/// the request was lost with the connection, not refused by the app.
+fn stale_connection(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(c) = cur {
+        if let Some(h) = c.downcast_ref::<hyper::Error>() {
+            if h.is_incomplete_message() || h.is_canceled() || h.is_closed() {
+                return true;
+            }
+        }
+        if let Some(io) = c.downcast_ref::<std::io::Error>() {
+            use std::io::ErrorKind as K;
+            if matches!(
+                io.kind(),
+                K::ConnectionReset | K::BrokenPipe | K::ConnectionAborted | K::UnexpectedEof
+            ) {
+                return true;
+            }
+        }
+        cur = c.source();
+    }
+    false
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}

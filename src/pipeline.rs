@@ -1,0 +1,374 @@
+//! One request, start to end: load the snapshot once, gather the facts,
+//! decide, turn the decision into a response, and log and count it — every
+//! answer leaves through [`handle`]'s one exit. Never fails: every problem
+//! becomes a response. Generic over the request body, so it runs in-process
+//! in tests as it runs behind hyper.
+
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::header::{HeaderValue, ACCEPT, LOCATION, SET_COOKIE};
+use http::{Request, Response, StatusCode};
+use http_body::Body as HttpBody;
+
+use crate::body::{boxed, Body, BoxError};
+use crate::bypass;
+use crate::decision::{decide, Decision, Refusal};
+use crate::facts::{gather, Conn, Gathered};
+use crate::forward::{forward, Outcome};
+use crate::page;
+use crate::rewrite::Origin;
+use crate::state::{Snapshot, State};
+
+/// Handles one request.
+pub async fn handle<B>(req: Request<B>, conn: &Conn, state: &State) -> Response<Body>
+where
+    B: HttpBody<Data = Bytes> + Send + Sync + Unpin + 'static,
+    B::Error: Into<BoxError>,
+{
+    let start = Instant::now();
+    let snap = state.snapshot();
+    // The clock matters only while a toggle is present (cookies, windows).
+    let now = if snap.maint.present {
+        jiff::Timestamp::now()
+    } else {
+        jiff::Timestamp::UNIX_EPOCH
+    };
+    let g = gather(&req, conn, &snap, now);
+    let decision = decide(&g.facts);
+    let line = snap.rt.config.log.access.then(|| AccessLine {
+        method: req.method().clone(),
+        // SECURITY: the bypass link's path carries the token, a credential: never logged.
+        path: match decision {
+            Decision::BypassLink => snap.rt.config.bypass.path.clone(),
+            _ => req.uri().path().to_string(),
+        },
+    });
+    let (resp, outcome) = respond(decision, req, &g, &snap, conn, now).await;
+    record(state, conn, &g, decision, &resp, outcome, line, start);
+    resp
+}
+
+/// Turns a decision into its response: the one place where each kind of answer is made.
+async fn respond<B>(
+    decision: Decision,
+    req: Request<B>,
+    g: &Gathered<'_>,
+    snap: &Snapshot,
+    conn: &Conn,
+    now: jiff::Timestamp,
+) -> (Response<Body>, Option<Outcome>)
+where
+    B: HttpBody<Data = Bytes> + Send + Sync + Unpin + 'static,
+    B::Error: Into<BoxError>,
+{
+    let (rt, m) = (&*snap.rt, &snap.maint);
+    let cfg = &rt.config;
+    let resp = match decision {
+        Decision::RedirectHttps => {
+            let mut r = boxed(page::error_response(StatusCode::PERMANENT_REDIRECT));
+            if let Some(loc) = g.location.clone() {
+                r.headers_mut().insert(LOCATION, loc);
+            }
+            r
+        }
+        Decision::BypassLink => bypass_link(&req, snap, conn.https, now),
+        Decision::Refuse(Refusal::TooLarge) => {
+            return (
+                boxed(page::error_response(StatusCode::PAYLOAD_TOO_LARGE)),
+                Some(Outcome::Refused),
+            )
+        }
+        Decision::Asset | Decision::Page => match g.asset.filter(|_| decision == Decision::Asset) {
+            Some(a) => boxed(page::asset_response(a, req.method())),
+            None => {
+                let retry = m.retry_after_at(now);
+                let accept = req.headers().get(ACCEPT);
+                let resp = if m.until.is_some() {
+                    // The countdown changes every second; the page is rendered for this moment.
+                    let r = page::render_at(&rt.pages, &m.message, retry, m.until);
+                    page::maintenance_response(&r, req.method(), accept, retry)
+                } else {
+                    page::maintenance_response(&snap.rendered, req.method(), accept, retry)
+                };
+                boxed(resp)
+            }
+        },
+        Decision::Proxy { bypass } => {
+            let mut req = req;
+            // SECURITY: bypass credentials are gatekeeper's business, never the app's.
+            let bp = &cfg.bypass;
+            req.headers_mut().remove(&bp.header);
+            bypass::strip_cookie(req.headers_mut(), &bp.cookie_name);
+            let origin = Origin {
+                resolved: &g.resolved,
+                https: conn.https,
+            };
+            // Boxed: hyper keeps a slot the size of this future for every
+            // connection; the forwarding state is large. Boxed in a statement of
+            // its own: a temporary in the awaiting statement would keep its
+            // space in this future's state even after it is moved into the box.
+            let exchange = Box::pin(forward(&rt.upstream, cfg, req, &origin, bypass));
+            return match exchange.await {
+                Ok(r) => (r, Some(Outcome::Ok)),
+                Err(e) => (e.response(), Some(e.outcome())),
+            };
+        }
+    };
+    (resp, None)
+}
+
+/// 303 to `next` (same-site only) or "/", with a fresh signed bypass cookie.
+fn bypass_link<B>(req: &Request<B>, snap: &Snapshot, https: bool, now: jiff::Timestamp) -> Response<Body> {
+    let bp = &snap.rt.config.bypass;
+    let mut r = boxed(page::error_response(StatusCode::SEE_OTHER));
+    let Some(secret) = snap.maint.secret.as_deref() else {
+        return r;
+    };
+    let ttl = bp.cookie_ttl.as_secs().max(1);
+    let expires = now.as_second().saturating_add(i64::try_from(ttl).unwrap_or(i64::MAX));
+    let value = bypass::sign(secret, expires);
+    let target = bypass::redirect_target(req.uri().query());
+    if let Ok(loc) = HeaderValue::from_str(&target) {
+        r.headers_mut().insert(LOCATION, loc);
+    }
+    if let Some(c) = bypass::set_cookie(&bp.cookie_name, &value, ttl, https) {
+        r.headers_mut().insert(SET_COOKIE, c);
+    }
+    r
+}
+
+/// What the access log needs of the request, taken before it is consumed.
+struct AccessLine {
+    method: http::Method,
+    path: String,
+}
+
+/// The one place every answer is counted and logged.
+#[allow(clippy::too_many_arguments)]
+fn record(
+    state: &State,
+    conn: &Conn,
+    g: &Gathered<'_>,
+    decision: Decision,
+    resp: &Response<Body>,
+    outcome: Option<Outcome>,
+    line: Option<AccessLine>,
+    start: Instant,
+) {
+    let elapsed = start.elapsed();
+    let status = resp.status().as_u16();
+    state.metrics.request(decision, status, outcome, elapsed.as_secs_f64());
+    if let Some(line) = line {
+        let client = g
+            .resolved
+            .client
+            .map_or_else(|| "unknown".to_string(), |c| c.to_string());
+        tracing::info!(
+            target: "access",
+            client = %client,
+            peer = %conn.peer,
+            method = %line.method,
+            path = %line.path,
+            status,
+            decision = decision.label(),
+            upstream = outcome.map_or("-", Outcome::label),
+            ms = format_args!("{:.3}", elapsed.as_secs_f64() * 1000.0),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::runtime::Runtime;
+    use crate::toggle::{Observed, ToggleContent};
+    use http_body_util::{BodyExt, Full};
+
+    /// A daemon's state without a socket: the upstream is a Unix socket that
+    /// does not exist, so whatever is proxied ends in a 502.
+    struct Setup {
+        _dir: tempfile::TempDir,
+        state: State,
+    }
+
+    fn setup(extra: &str, toggle: Option<ToggleContent>) -> Setup {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().display();
+        let text = format!(
+            "listen = [\"127.0.0.1:0\"]\n{extra}\n[upstream]\nurl = \"unix:{d}/no-app.sock\"\n\
+             [maintenance]\ntoggle = \"{d}/maintenance-mode-on\"\nbypass_paths = [\"/healthz\"]\n\
+             [clients]\nallow = [\"127.0.0.2\"]\n[buffering]\nmax_body = \"1KiB\"\n"
+        );
+        let file = dir.path().join("gatekeeper.toml");
+        std::fs::write(&file, text).unwrap();
+        let cfg = Config::load(&file).unwrap_or_else(|e| panic!("{e}"));
+        let rt = Runtime::build(cfg).unwrap_or_else(|e| panic!("{e}"));
+        let observed = match toggle {
+            None => Observed::default(),
+            Some(content) => Observed {
+                exists: true,
+                content,
+                ..Observed::default()
+            },
+        };
+        Setup {
+            state: State::new(rt, observed),
+            _dir: dir,
+        }
+    }
+
+    fn on() -> Option<ToggleContent> {
+        Some(ToggleContent {
+            message: Some("Back soon".into()),
+            secret: Some("s3cret".into()),
+            ..ToggleContent::default()
+        })
+    }
+
+    const VISITOR: &str = "127.0.0.3:5000";
+    const TEAM: &str = "127.0.0.2:5000";
+
+    async fn send(
+        s: &Setup,
+        from: &str,
+        https: bool,
+        req: http::request::Builder,
+        body: &'static str,
+    ) -> Response<Body> {
+        let conn = Conn {
+            peer: from.parse().unwrap(),
+            https,
+            https_port: Some(8443),
+        };
+        let req = req.body(Full::new(Bytes::from_static(body.as_bytes()))).unwrap();
+        handle(req, &conn, &s.state).await
+    }
+
+    fn get(path: &str) -> http::request::Builder {
+        Request::get(path).header("host", "shop.example")
+    }
+
+    async fn text(r: Response<Body>) -> String {
+        let b = r.into_body().collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+        String::from_utf8_lossy(&b).into_owned()
+    }
+
+    fn counted(s: &Setup, decision: &str, class: &str) -> bool {
+        let want = format!("gatekeeper_requests_total{{decision=\"{decision}\",status=\"{class}\"}} 1");
+        s.state.metrics.encode().contains(&want)
+    }
+
+    #[tokio::test]
+    async fn off_proxies_everyone() {
+        let s = setup("", None);
+        let r = send(&s, VISITOR, false, get("/"), "").await;
+        assert_eq!(r.status(), StatusCode::BAD_GATEWAY);
+        assert!(counted(&s, "proxy", "5xx"));
+        let r = send(
+            &s,
+            VISITOR,
+            false,
+            get("/").method("POST").header("content-length", "2000"),
+            "",
+        )
+        .await;
+        assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        assert!(counted(&s, "refused", "4xx"));
+    }
+
+    #[tokio::test]
+    async fn on_answers_visitors_with_the_page() {
+        let s = setup("", on());
+        let r = send(&s, VISITOR, false, get("/x"), "").await;
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(r.headers()["retry-after"], "600");
+        assert_eq!(r.headers()["cache-control"], "no-store");
+        assert!(text(r).await.contains("Back soon"));
+        let r = send(&s, VISITOR, false, get("/x").header("accept", "application/json"), "").await;
+        assert_eq!(r.headers()["content-type"], "application/json");
+        assert!(text(r)
+            .await
+            .starts_with("{\"status\":\"maintenance\",\"message\":\"Back soon\""));
+        let r = send(&s, VISITOR, false, get("/x").method("HEAD"), "").await;
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(text(r).await, "");
+        // A visitor's oversized upload gets the page, not a 413 that says the app is there.
+        let r = send(
+            &s,
+            VISITOR,
+            false,
+            get("/x").method("POST").header("content-length", "2000"),
+            "",
+        )
+        .await;
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let r = send(&s, VISITOR, false, get("/style.css"), "").await;
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(r.headers()["content-type"], "text/css; charset=utf-8");
+        assert!(counted(&s, "asset", "2xx"));
+    }
+
+    #[tokio::test]
+    async fn on_lets_the_team_through() {
+        let s = setup("", on());
+        // Allowed client, bypass path, bypass header: all reach the (missing) app.
+        let r = send(&s, TEAM, false, get("/"), "").await;
+        assert_eq!(r.status(), StatusCode::BAD_GATEWAY);
+        let r = send(&s, VISITOR, false, get("/healthz"), "").await;
+        assert_eq!(r.status(), StatusCode::BAD_GATEWAY);
+        let r = send(&s, VISITOR, false, get("/").header("x-gatekeeper-bypass", "s3cret"), "").await;
+        assert_eq!(r.status(), StatusCode::BAD_GATEWAY);
+        let r = send(&s, VISITOR, false, get("/").header("x-gatekeeper-bypass", "wrong"), "").await;
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        // An allowed client's style.css is the app's, not the page's.
+        let r = send(&s, TEAM, false, get("/style.css"), "").await;
+        assert_eq!(r.status(), StatusCode::BAD_GATEWAY);
+        let m = s.state.metrics.encode();
+        assert!(
+            m.contains("gatekeeper_requests_total{decision=\"bypass\",status=\"5xx\"} 4"),
+            "{m}"
+        );
+    }
+
+    #[tokio::test]
+    async fn bypass_link_sets_a_cookie_that_lets_in() {
+        let s = setup("", on());
+        let r = send(&s, VISITOR, false, get("/.gatekeeper/bypass/s3cret?next=/cart"), "").await;
+        assert_eq!(r.status(), StatusCode::SEE_OTHER);
+        assert_eq!(r.headers()["location"], "/cart");
+        let cookie = r.headers()["set-cookie"].to_str().unwrap().to_string();
+        assert!(cookie.contains("HttpOnly"), "{cookie}");
+        assert!(counted(&s, "bypass-link", "3xx"));
+        let pair = cookie.split(';').next().unwrap().to_string();
+        let r = send(&s, VISITOR, false, get("/").header("cookie", pair.as_str()), "").await;
+        assert_eq!(r.status(), StatusCode::BAD_GATEWAY);
+        let r = send(&s, VISITOR, false, get("/.gatekeeper/bypass/nope"), "").await;
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    }
+
+    #[tokio::test]
+    async fn plain_http_is_redirected_when_tls_asks() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
+        let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+        std::fs::write(&cert, ck.cert.pem()).unwrap();
+        std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
+        let tls = format!(
+            "[tls]\nlisten = [\"127.0.0.1:0\"]\ncert = \"{}\"\nkey = \"{}\"\nredirect_http = true",
+            cert.display(),
+            key.display()
+        );
+        let s = setup(&tls, on());
+        let r = send(&s, VISITOR, false, get("/a?b=1"), "").await;
+        assert_eq!(r.status(), StatusCode::PERMANENT_REDIRECT);
+        assert_eq!(r.headers()["location"], "https://shop.example:8443/a?b=1");
+        assert!(counted(&s, "redirect", "3xx"));
+        // Bypass paths stay plain; TLS requests are decided as usual.
+        let r = send(&s, VISITOR, false, get("/healthz"), "").await;
+        assert_eq!(r.status(), StatusCode::BAD_GATEWAY);
+        let r = send(&s, VISITOR, true, get("/a"), "").await;
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    }
+}

@@ -1,0 +1,317 @@
+//! The upstream client: a keep-alive pool of this worker's own HTTP/1.1
+//! connections (TCP or a Unix socket), or one multiplexed h2c client; a lease
+//! returns a connection to the pool once its answer has been read to the end.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::HeaderValue;
+use http::{Request, Response, Uri};
+use http_body::Body as _;
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::UnixStream;
+
+use crate::body::{Body, BoxError};
+use crate::config::{Upstream, UpstreamTarget};
+
+/// Connects every request to one Unix socket, whatever the URI says.
+#[derive(Clone)]
+pub struct UnixConnector {
+    path: Arc<PathBuf>,
+    timeout: Duration,
+}
+
+impl tower_service::Service<Uri> for UnixConnector {
+    type Response = TokioIo<UnixStream>;
+    type Error = std::io::Error;
+    type Future = Pin<Box<dyn Future<Output = std::io::Result<Self::Response>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: Uri) -> Self::Future {
+        let (path, timeout) = (self.path.clone(), self.timeout);
+        Box::pin(async move {
+            match tokio::time::timeout(timeout, UnixStream::connect(path.as_path())).await {
+                Ok(stream) => stream.map(TokioIo::new),
+                Err(_) => Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")),
+            }
+        })
+    }
+}
+
+/// How long an idle upstream connection is kept for reuse.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Idle upstream connections kept per worker thread.
+const POOL_MAX_IDLE: usize = 1024;
+
+/// The client for the configured upstream. Cheap to clone. HTTP/1.1 upstreams
+/// (TCP or Unix) use a pool of this worker thread's own (see [`LOCAL`]); h2c
+/// upstreams one multiplexed connection through hyper-util's client.
+#[derive(Clone)]
+pub struct UpstreamClient {
+    /// Which pool answers for this client: a reload that changes the upstream
+    /// starts a new pool, and connections leased from the old one are not returned to it.
+    id: u64,
+    kind: Kind,
+}
+
+#[derive(Clone)]
+enum Kind {
+    Tcp {
+        authority: http::uri::Authority,
+        connector: HttpConnector,
+    },
+    Unix {
+        connector: UnixConnector,
+    },
+    H2c {
+        client: Box<Client<HttpConnector, Body>>,
+        authority: http::uri::Authority,
+    },
+}
+
+/// A connection lent out for one exchange, returned to its worker's pool when
+/// the response has been read to the end.
+pub struct Lease {
+    sender: hyper::client::conn::http1::SendRequest<Body>,
+    pool: u64,
+}
+
+impl UpstreamClient {
+    pub fn new(cfg: &Upstream) -> UpstreamClient {
+        static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let id = NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let http_connector = || {
+            let mut conn = HttpConnector::new();
+            conn.set_nodelay(true);
+            conn.set_connect_timeout(Some(cfg.connect_timeout));
+            conn
+        };
+        let kind = match &cfg.target {
+            UpstreamTarget::Http(authority) => Kind::Tcp {
+                authority: authority.clone(),
+                connector: http_connector(),
+            },
+            UpstreamTarget::H2c(authority) => {
+                let mut builder = Client::builder(TokioExecutor::new());
+                builder.pool_idle_timeout(POOL_IDLE_TIMEOUT).http2_only(true);
+                Kind::H2c {
+                    client: Box::new(builder.build(http_connector())),
+                    authority: authority.clone(),
+                }
+            }
+            UpstreamTarget::Unix(path) => Kind::Unix {
+                connector: UnixConnector {
+                    path: Arc::new(path.clone()),
+                    timeout: cfg.connect_timeout,
+                },
+            },
+        };
+        UpstreamClient { id, kind }
+    }
+
+    /// The upstream URI for a request target. HTTP/1.1 connections are our
+    /// own, so the target stays in origin form (as it goes on the wire); the
+    /// h2c client wants the absolute form for its `:authority`.
+    pub fn uri(&self, path_and_query: Option<&http::uri::PathAndQuery>) -> Result<Uri, http::Error> {
+        let pq = path_and_query
+            .cloned()
+            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+        match &self.kind {
+            Kind::H2c { authority, .. } => Uri::builder()
+                .scheme("http")
+                .authority(authority.clone())
+                .path_and_query(pq)
+                .build(),
+            _ => Ok(Uri::from(pq)),
+        }
+    }
+
+    /// The Host for a request that came without one.
+    pub fn default_host(&self) -> Option<HeaderValue> {
+        match &self.kind {
+            Kind::Tcp { authority, .. } | Kind::H2c { authority, .. } => HeaderValue::from_str(authority.as_str()).ok(),
+            Kind::Unix { .. } => Some(HeaderValue::from_static("localhost")),
+        }
+    }
+
+    /// Sends `req`, on an idle pooled connection when there is one. Returns the
+    /// answer with the lease to hand back when its body is read (HTTP/1.1),
+    /// and whether the connection had served before (only those can be stale).
+    pub async fn send(&self, req: Request<Body>) -> (Result<(Response<Incoming>, Option<Lease>), BoxError>, bool) {
+        if let Kind::H2c { client, .. } = &self.kind {
+            return (
+                client.request(req).await.map(|r| (r, None)).map_err(BoxError::from),
+                false,
+            );
+        }
+        let (mut sender, reused) = match checkout(self.id) {
+            Some(s) => (s, true),
+            // Boxed: the connecting state is rare and large; the exchange future stays small.
+            None => match Box::pin(self.connect()).await {
+                Ok(s) => (s, false),
+                Err(e) => return (Err(e), false),
+            },
+        };
+        let resp = sender.send_request(req).await.map_err(BoxError::from);
+        (resp.map(|r| (r, Some(Lease { sender, pool: self.id }))), reused)
+    }
+
+    /// Sends on a new connection: it cannot have gone stale.
+    pub async fn send_fresh(&self, req: Request<Body>) -> Result<(Response<Incoming>, Option<Lease>), BoxError> {
+        let mut sender = self.connect().await?;
+        let resp = sender.send_request(req).await?;
+        Ok((resp, Some(Lease { sender, pool: self.id })))
+    }
+
+    /// A new HTTP/1.1 connection, driven by a task on this worker.
+    async fn connect(&self) -> Result<hyper::client::conn::http1::SendRequest<Body>, BoxError> {
+        let io: Box<dyn FreshIo> = match &self.kind {
+            Kind::Tcp { authority, connector } => {
+                let target = Uri::builder()
+                    .scheme("http")
+                    .authority(authority.clone())
+                    .path_and_query("/")
+                    .build()?;
+                Box::new(tower_service::Service::call(&mut connector.clone(), target).await?)
+            }
+            Kind::Unix { connector } => {
+                Box::new(tower_service::Service::call(&mut connector.clone(), Uri::from_static("/")).await?)
+            }
+            Kind::H2c { .. } => return Err("h2c upstreams use the multiplexed client".into()),
+        };
+        let (sender, conn) = hyper::client::conn::http1::handshake(io).await?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!(error = %e, "upstream connection ended with an error");
+            }
+        });
+        Ok(sender)
+    }
+}
+
+/// A connected byte stream hyper can drive (TCP or Unix).
+trait FreshIo: hyper::rt::Read + hyper::rt::Write + Send + Unpin + 'static {}
+impl<T: hyper::rt::Read + hyper::rt::Write + Send + Unpin + 'static> FreshIo for T {}
+
+/// This worker thread's idle upstream connections. Each worker is a
+/// single-threaded runtime; a pool of its own keeps a request and its upstream
+/// connection on one thread (no locks, no cross-thread wake-ups), as nginx
+/// workers do.
+struct Local {
+    /// The client whose connections these are.
+    id: u64,
+    /// Most recently used last: reuse takes the warmest connection.
+    idle: Vec<(hyper::client::conn::http1::SendRequest<Body>, std::time::Instant)>,
+}
+
+thread_local! {
+    static LOCAL: std::cell::RefCell<Local> = const { std::cell::RefCell::new(Local { id: 0, idle: Vec::new() }) };
+}
+
+/// An idle connection of pool `id` that can take a request now.
+fn checkout(id: u64) -> Option<hyper::client::conn::http1::SendRequest<Body>> {
+    LOCAL
+        .try_with(|cell| {
+            let mut local = cell.borrow_mut();
+            if local.id != id {
+                // First use on this thread, or the upstream changed with a
+                // reload (ids only grow): the old upstream's idle connections
+                // close. A request still on the older config connects afresh.
+                if id > local.id {
+                    local.id = id;
+                    local.idle.clear();
+                }
+                return None;
+            }
+            while let Some((sender, since)) = local.idle.pop() {
+                // A connection the upstream closed has ended its task: not ready.
+                if sender.is_ready() && since.elapsed() < POOL_IDLE_TIMEOUT {
+                    return Some(sender);
+                }
+            }
+            None
+        })
+        .ok()
+        .flatten()
+}
+
+impl Lease {
+    /// Back to the pool, if the connection can take another request and its
+    /// pool is still this thread's current one; otherwise it closes.
+    fn release(self) {
+        if !self.sender.is_ready() {
+            return;
+        }
+        let _ = LOCAL.try_with(|cell| {
+            if let Ok(mut local) = cell.try_borrow_mut() {
+                if local.id == self.pool {
+                    if local.idle.len() >= POOL_MAX_IDLE {
+                        local.idle.remove(0);
+                    }
+                    local.idle.push((self.sender, std::time::Instant::now()));
+                }
+            }
+        });
+    }
+}
+
+/// A response body that returns its connection to the pool once read to the end.
+pub struct PooledBody {
+    inner: Incoming,
+    lease: Option<Lease>,
+}
+
+impl PooledBody {
+    pub fn new(inner: Incoming, lease: Option<Lease>) -> PooledBody {
+        PooledBody { inner, lease }
+    }
+}
+
+impl http_body::Body for PooledBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, hyper::Error>>> {
+        let r = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(None) = r {
+            if let Some(lease) = self.lease.take() {
+                lease.release();
+            }
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for PooledBody {
+    fn drop(&mut self) {
+        // Dropped unread (HEAD, 204, 304: nothing to read) or half read (the
+        // client went away). Only a finished exchange leaves the connection reusable.
+        if let Some(lease) = self.lease.take() {
+            if self.inner.is_end_stream() {
+                lease.release();
+            }
+        }
+    }
+}
