@@ -9,7 +9,8 @@ use anyhow::Context;
 use crate::cli::OnArgs;
 use crate::config::{Config, ConfigErrors};
 use crate::fleet;
-use crate::state::{human_until, Loaded};
+use crate::page::human_until;
+use crate::state::Loaded;
 use crate::toggle::{self, ToggleContent, Window};
 
 /// Loads the config and everything it points to; `Err` holds every problem found.

@@ -294,7 +294,7 @@ pub async fn handle(req: Request<Incoming>, peer: SocketAddr, state: &State, htt
             let retry = m.retry_after_now();
             let resp = if m.until.is_some() {
                 // The countdown changes every second; the page is rendered for this moment.
-                let r = crate::state::render_at(&rt.pages, &m.message, retry, m.until);
+                let r = page::render_at(&rt.pages, &m.message, retry, m.until);
                 page::maintenance_response(&r, &method, accept, retry)
             } else {
                 page::maintenance_response(&m.rendered, &method, accept, retry)

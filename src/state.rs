@@ -12,7 +12,7 @@ use arc_swap::ArcSwap;
 use crate::allowlist::{self, IpSet};
 use crate::config::{Config, ConfigError, ConfigErrors};
 use crate::metrics::Metrics;
-use crate::page::{self, PageSet, Rendered};
+use crate::page::{render_at, PageSet, Rendered};
 use crate::proxy::UpstreamClient;
 use crate::toggle::{Observed, ToggleContent, Window};
 use crate::units::ceil_secs;
@@ -242,18 +242,6 @@ impl Maint {
             None => self.retry_after,
         }
     }
-}
-
-/// The page for a message, retry time and optional window end.
-pub fn render_at(pages: &PageSet, message: &str, retry_after: u64, until: Option<jiff::Timestamp>) -> Rendered {
-    let rfc = until.map(|u| u.to_string());
-    let human = until.map(human_until);
-    page::render(pages, message, retry_after, rfc.as_deref(), human.as_deref())
-}
-
-/// "2026-12-01T02:30:00Z" → "02:30 UTC on 2026-12-01": for people, script-free.
-pub fn human_until(t: jiff::Timestamp) -> String {
-    t.strftime("%H:%M UTC on %Y-%m-%d").to_string()
 }
 
 pub struct Snapshot {

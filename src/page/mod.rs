@@ -5,7 +5,7 @@
 //!   load time ([`PageSet::load`]), or using the page compiled into the binary
 //!   ([`PageSet::embedded`]), and mapping a raw request path to one of the
 //!   loaded assets ([`PageSet::asset`]) — `load`;
-//! - filling the template's placeholders ([`render`]) — `render`;
+//! - filling the template's placeholders ([`render`], `render_at`) — `render`;
 //! - content negotiation between HTML and JSON ([`prefers_json`]) — `negotiate`;
 //! - building the 503 maintenance response, asset responses and the proxy's
 //!   small error pages ([`maintenance_response`], [`asset_response`],
@@ -23,5 +23,5 @@ mod respond;
 
 pub use load::{Asset, PageError, PageSet};
 pub use negotiate::prefers_json;
-pub use render::{render, Rendered};
+pub use render::{human_until, render, render_at, Rendered};
 pub use respond::{asset_response, error_response, maintenance_response};

@@ -72,6 +72,18 @@ pub fn render(
     }
 }
 
+/// The page for a message, retry time and optional window end.
+pub fn render_at(pages: &PageSet, message: &str, retry_after: u64, until: Option<jiff::Timestamp>) -> Rendered {
+    let rfc = until.map(|u| u.to_string());
+    let human = until.map(human_until);
+    render(pages, message, retry_after, rfc.as_deref(), human.as_deref())
+}
+
+/// "2026-12-01T02:30:00Z" → "02:30 UTC on 2026-12-01": for people, script-free.
+pub fn human_until(t: jiff::Timestamp) -> String {
+    t.strftime("%H:%M UTC on %Y-%m-%d").to_string()
+}
+
 /// HTML-escapes text for both element content and quoted attribute values.
 fn escape_html_into(out: &mut String, s: &str) {
     for c in s.chars() {
