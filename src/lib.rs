@@ -27,6 +27,8 @@ pub mod daemon;
 pub mod decision;
 /// The fleet switch: one etcd key for many instances.
 pub mod fleet;
+/// Request framing and Host that hyper lets through but RFC 9112 refuses.
+pub mod framing;
 /// Hop-by-hop header handling.
 pub mod hop;
 /// Log setup.

@@ -20,6 +20,7 @@ use tokio_util::task::TaskTracker;
 use crate::bypass;
 use crate::client_ip;
 use crate::decision::{decide, under_bypass_path, Decision, Facts};
+use crate::framing;
 use crate::page;
 use crate::park;
 use crate::proxy::{self, boxed, Body, Origin};
@@ -232,6 +233,14 @@ where
 
 /// One request, start to end. Never fails: every problem becomes a response.
 pub async fn handle(req: Request<Incoming>, peer: SocketAddr, state: &State, https: bool) -> Response<Body> {
+    // SECURITY: before anything reads the request: what a proxy in front may frame otherwise is refused.
+    if let Err(e) = framing::check(req.version(), req.headers()) {
+        tracing::debug!(%peer, error = %e, "request refused: ambiguous framing");
+        let mut r = boxed(page::error_response(e.status()));
+        r.headers_mut()
+            .insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
+        return r;
+    }
     let start = Instant::now();
     let snap = state.snapshot();
     let (rt, m) = (&snap.rt, &snap.maint);
