@@ -6,6 +6,8 @@
 /// What the facts of one request are, as `facts::gather` established them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Facts {
+    /// The request's framing or Host is one a proxy in front may read another way.
+    pub bad_framing: bool,
     /// Plain HTTP where the TLS listeners ask for https (`tls.redirect_http`),
     /// with a Host to redirect to.
     pub redirect_to_https: bool,
@@ -29,6 +31,9 @@ pub struct Facts {
 /// Why gatekeeper answers a request itself instead of forwarding it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
+    /// 400 (or 501 for a transfer coding gatekeeper does not implement), and
+    /// the connection closed: ambiguous framing or Host (see the `framing` module).
+    Framing,
     /// 413: the declared body is over `buffering.max_body`; not a byte of it is read.
     TooLarge,
 }
@@ -74,6 +79,7 @@ impl Decision {
 }
 
 /// The rules, in order:
+/// 0. ambiguous framing is refused before anything else reads the request;
 /// 1. plain HTTP to a site that redirects to https is redirected, bypass paths excepted
 ///    (so that nothing — the bypass cookie least of all — is handed out over plain HTTP);
 /// 2. the bypass link with the right token gets its cookie;
@@ -81,6 +87,9 @@ impl Decision {
 ///    request goes to the app, unless its declared body is too large;
 /// 4. everyone else gets an asset of the page, or the page.
 pub fn decide(f: &Facts) -> Decision {
+    if f.bad_framing {
+        return Decision::Refuse(Refusal::Framing);
+    }
     if f.redirect_to_https && !f.bypass_path {
         return Decision::RedirectHttps;
     }
@@ -106,6 +115,7 @@ mod tests {
     use super::*;
 
     const OFF: Facts = Facts {
+        bad_framing: false,
         redirect_to_https: false,
         bypass_path: false,
         bypass_link: false,
@@ -242,7 +252,7 @@ mod tests {
     /// Every combination, against the rules stated another way.
     #[test]
     fn every_combination() {
-        for bits in 0u16..256 {
+        for bits in 0u16..512 {
             let b = |i: u16| bits & (1 << i) != 0;
             let f = Facts {
                 redirect_to_https: b(0),
@@ -253,9 +263,12 @@ mod tests {
                 credential: b(5),
                 asset: b(6),
                 too_large: b(7),
+                bad_framing: b(8),
             };
             let d = decide(&f);
-            let expected = if f.redirect_to_https && !f.bypass_path {
+            let expected = if f.bad_framing {
+                Decision::Refuse(Refusal::Framing)
+            } else if f.redirect_to_https && !f.bypass_path {
                 Decision::RedirectHttps
             } else if f.bypass_link {
                 Decision::BypassLink

@@ -10,6 +10,7 @@ use http::{Method, Request};
 use crate::bypass;
 use crate::client_ip::{self, Resolved};
 use crate::decision::Facts;
+use crate::framing::{self, FramingError};
 use crate::page::Asset;
 use crate::paths::under_bypass_path;
 use crate::state::Snapshot;
@@ -27,6 +28,8 @@ pub struct Conn {
 /// The facts the decision reads, and what answering it will need.
 pub struct Gathered<'s> {
     pub facts: Facts,
+    /// Why the framing is refused, when [`Facts::bad_framing`].
+    pub framing: Option<FramingError>,
     pub resolved: Resolved,
     /// The asset the path names, when [`Facts::asset`].
     pub asset: Option<&'s crate::page::Asset>,
@@ -72,8 +75,11 @@ pub fn gather<'s, B>(req: &Request<B>, conn: &Conn, snap: &'s Snapshot, now: jif
         None
     };
     let too_large = content_length(headers).is_some_and(|n| n > cfg.buffering.max_body);
+    // SECURITY: what a proxy in front may frame otherwise is refused before anything reads the body.
+    let framing = framing::check(req.version(), headers).err();
     Gathered {
         facts: Facts {
+            bad_framing: framing.is_some(),
             redirect_to_https: location.is_some(),
             bypass_path,
             bypass_link,
@@ -83,6 +89,7 @@ pub fn gather<'s, B>(req: &Request<B>, conn: &Conn, snap: &'s Snapshot, now: jif
             asset: asset.is_some(),
             too_large,
         },
+        framing,
         resolved,
         asset,
         location,

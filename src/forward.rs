@@ -141,13 +141,12 @@ where
     };
 
     let uri = upstream.uri(parts.uri.path_and_query()).map_err(ForwardError::Target)?;
-    // HTTP/2 requests carry the host in the URI; the upstream speaks HTTP/1.1 and wants Host.
-    let host = parts.headers.get(header::HOST).cloned().or_else(|| {
-        parts
-            .uri
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-    });
+    // The target's authority wins over Host (RFC 9112 §3.2.2: an absolute-form
+    // target; HTTP/2's :authority); the upstream speaks HTTP/1.1 and wants Host.
+    let host = match parts.uri.authority() {
+        Some(a) => HeaderValue::from_str(a.as_str()).ok(),
+        None => parts.headers.get(header::HOST).cloned(),
+    };
     parts.uri = uri;
     // The client picks the upstream's protocol (HTTP/1.1, or h2 for h2c://).
     parts.version = http::Version::HTTP_11;

@@ -33,6 +33,8 @@ pub mod facts;
 pub mod fleet;
 /// One exchange with the upstream, and how it can fail.
 pub mod forward;
+/// Request framing and Host that hyper lets through but RFC 9112 refuses.
+pub mod framing;
 /// Hop-by-hop header handling.
 pub mod hop;
 /// Log setup.

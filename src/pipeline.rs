@@ -7,7 +7,7 @@
 use std::time::Instant;
 
 use bytes::Bytes;
-use http::header::{HeaderValue, ACCEPT, LOCATION, SET_COOKIE};
+use http::header::{HeaderValue, ACCEPT, CONNECTION, LOCATION, SET_COOKIE};
 use http::{Request, Response, StatusCode};
 use http_body::Body as HttpBody;
 
@@ -73,6 +73,13 @@ where
             r
         }
         Decision::BypassLink => bypass_link(&req, snap, conn.https, now),
+        Decision::Refuse(Refusal::Framing) => {
+            let status = g.framing.as_ref().map_or(StatusCode::BAD_REQUEST, |e| e.status());
+            let mut r = boxed(page::error_response(status));
+            // Where this request ends is unclear: nothing after it on this connection is read.
+            r.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
+            return (r, Some(Outcome::Refused));
+        }
         Decision::Refuse(Refusal::TooLarge) => {
             return (
                 boxed(page::error_response(StatusCode::PAYLOAD_TOO_LARGE)),
@@ -330,6 +337,28 @@ mod tests {
             m.contains("gatekeeper_requests_total{decision=\"bypass\",status=\"5xx\"} 4"),
             "{m}"
         );
+    }
+
+    #[tokio::test]
+    async fn ambiguous_framing_is_refused_for_everyone() {
+        let s = setup("", None);
+        let req = get("/")
+            .method("POST")
+            .header("transfer-encoding", "chunked")
+            .header("transfer-encoding", "chunked");
+        let r = send(&s, TEAM, false, req, "").await;
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(r.headers()["connection"], "close");
+        let req = get("/").method("POST").header("transfer-encoding", "gzip, chunked");
+        assert_eq!(
+            send(&s, TEAM, false, req, "").await.status(),
+            StatusCode::NOT_IMPLEMENTED
+        );
+        assert!(s
+            .state
+            .metrics
+            .encode()
+            .contains("gatekeeper_requests_total{decision=\"refused\",status=\"4xx\"} 1"));
     }
 
     #[tokio::test]
