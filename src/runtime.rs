@@ -81,7 +81,7 @@ impl Loaded {
             }
         }
         if let Some(tls) = &config.tls {
-            if let Err(e) = crate::tls::check(&tls.specs()) {
+            if let Err(e) = crate::tls::check(&tls.certs) {
                 errors.push(plain("tls", e.to_string()));
             }
         }

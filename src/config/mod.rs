@@ -82,26 +82,16 @@ pub struct Admin {
     pub listen: SocketAddr,
 }
 
-/// One certificate and the server names it is for (empty: the default).
+/// One certificate/key pair and the server names it is for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CertFiles {
+    /// SNI names this pair serves (`example.com`, `*.example.com`); empty means
+    /// it is the default pair, served when no name matches.
     pub names: Vec<String>,
+    /// PEM certificate chain, leaf first (certbot's `fullchain.pem`).
     pub cert: PathBuf,
+    /// PEM private key: PKCS#8, PKCS#1 (RSA) or SEC1 (EC).
     pub key: PathBuf,
-}
-
-impl Tls {
-    /// The certificate sources in the TLS module's terms.
-    pub fn specs(&self) -> Vec<crate::tls::CertSpec> {
-        self.certs
-            .iter()
-            .map(|c| crate::tls::CertSpec {
-                names: c.names.clone(),
-                cert: c.cert.clone(),
-                key: c.key.clone(),
-            })
-            .collect()
-    }
 }
 
 #[derive(Debug, Clone)]
