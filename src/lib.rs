@@ -33,6 +33,8 @@ pub mod facts;
 pub mod fleet;
 /// One exchange with the upstream, and how it can fail.
 pub mod forward;
+/// Atomic file writes; the directory a path lives in.
+pub mod fsutil;
 /// Hop-by-hop header handling.
 pub mod hop;
 /// Log setup.

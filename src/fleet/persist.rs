@@ -1,12 +1,12 @@
 //! The last known state in `<toggle>.fleet`, and what it means while etcd is unreachable.
 
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
 use crate::config::{Fleet, OnError};
+use crate::fsutil;
 use crate::maint::{onoff, FleetView};
 
 /// Where the last known fleet state is kept: `<toggle>.fleet`.
@@ -117,12 +117,8 @@ pub(super) fn load_known(cfg: &Fleet, path: &Path, log: bool) -> Option<Known> {
     })
 }
 
-/// Writes `<toggle>.fleet` atomically: a temp file in the same directory, renamed into place.
+/// Writes `<toggle>.fleet` atomically.
 pub(super) fn save_known(key: &str, known: &Known, path: &Path) -> std::io::Result<()> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
     let p = Persisted {
         key: key.to_string(),
         on: known.on,
@@ -133,13 +129,10 @@ pub(super) fn save_known(key: &str, known: &Known, path: &Path) -> std::io::Resu
             .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
             .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
     };
-    let mut tmp = tempfile::Builder::new().prefix(".gatekeeper-fleet-").tempfile_in(dir)?;
-    serde_json::to_writer(&mut tmp, &p)?;
-    tmp.write_all(b"\n")?;
-    tmp.as_file().sync_all()?;
+    let mut bytes = serde_json::to_vec(&p)?;
+    bytes.push(b'\n');
     // The value may carry a bypass secret: only the daemon's user reads this file.
-    tmp.persist(path).map_err(|e| e.error)?;
-    Ok(())
+    fsutil::write_atomic(path, &bytes, 0o600)
 }
 
 /// The view published to the state: etcd's word while connected; `on_error` applied otherwise.
