@@ -64,7 +64,7 @@ pub async fn run(config_path: &Path, config: Config) -> anyhow::Result<()> {
     let tls = match &cfg.tls {
         None => None,
         Some(t) => {
-            let store = tls::CertStore::load(&t.specs())?;
+            let store = tls::CertStore::load(&t.certs)?;
             let acceptor = tokio_rustls::TlsAcceptor::from(tls::server_config(store.clone())?);
             let listeners = server::bind(&t.listen, workers)
                 .map_err(|(addr, e)| anyhow::anyhow!("cannot listen on {addr} (tls): {e}"))?;

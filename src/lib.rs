@@ -35,6 +35,8 @@ pub mod fleet;
 pub mod forward;
 /// Request framing and Host that hyper lets through but RFC 9112 refuses.
 pub mod framing;
+/// Atomic file writes; the directory a path lives in.
+pub mod fsutil;
 /// Hop-by-hop header handling.
 pub mod hop;
 /// Log setup.

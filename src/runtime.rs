@@ -2,7 +2,6 @@
 //! checked: the allowlist, trusted proxies, the page, the upstream client.
 //! `check` loads the same files through [`Loaded::load`].
 
-use std::path::Path;
 use std::sync::Arc;
 
 use crate::allowlist::{self, IpSet};
@@ -38,11 +37,7 @@ impl Loaded {
             key: key.to_string(),
             message,
         };
-        let toggle_dir = match config.maintenance.toggle.parent() {
-            Some(p) if p.as_os_str().is_empty() => Path::new("."),
-            Some(p) => p,
-            None => Path::new("/"),
-        };
+        let toggle_dir = crate::fsutil::parent_dir(&config.maintenance.toggle);
         if !toggle_dir.is_dir() {
             errors.push(plain(
                 "maintenance.toggle",
@@ -81,7 +76,7 @@ impl Loaded {
             }
         }
         if let Some(tls) = &config.tls {
-            if let Err(e) = crate::tls::check(&tls.specs()) {
+            if let Err(e) = crate::tls::check(&tls.certs) {
                 errors.push(plain("tls", e.to_string()));
             }
         }

@@ -30,24 +30,14 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls::{InconsistentKeys, ServerConfig};
 
+use crate::config::CertFiles;
+
 /// PEM files larger than this are refused: a full chain is a few KiB, and the
 /// limit keeps a mistyped path (a log file, a disk image) from eating memory.
 const MAX_PEM_BYTES: u64 = 4 << 20;
 
 /// ALPN protocols offered, in server preference order.
 const ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
-
-/// One certificate source as configured.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CertSpec {
-    /// SNI names this pair serves (`example.com`, `*.example.com`); empty means
-    /// it is the default pair, served when no name matches.
-    pub names: Vec<String>,
-    /// PEM certificate chain, leaf first (certbot's `fullchain.pem`).
-    pub cert: PathBuf,
-    /// PEM private key: PKCS#8, PKCS#1 (RSA) or SEC1 (EC).
-    pub key: PathBuf,
-}
 
 /// Why certificates could not be loaded. File-related messages start with
 /// the file's path.
@@ -214,7 +204,7 @@ impl Certs {
 ///
 /// Implements [`ResolvesServerCert`]: give it to rustls via [`server_config`].
 pub struct CertStore {
-    specs: Vec<CertSpec>,
+    specs: Vec<CertFiles>,
     certs: ArcSwap<Certs>,
     /// Serializes reloads, so a slow reload cannot overwrite a newer one.
     reload_lock: Mutex<()>,
@@ -222,7 +212,7 @@ pub struct CertStore {
 
 impl CertStore {
     /// Loads and checks every pair; fails on the first bad file or name.
-    pub fn load(specs: &[CertSpec]) -> Result<Arc<CertStore>, TlsError> {
+    pub fn load(specs: &[CertFiles]) -> Result<Arc<CertStore>, TlsError> {
         let certs = build(specs)?;
         Ok(Arc::new(CertStore {
             specs: specs.to_vec(),
@@ -288,7 +278,7 @@ impl ResolvesServerCert for CertStore {
 }
 
 /// Checks specs without keeping anything (for `gatekeeper check`).
-pub fn check(specs: &[CertSpec]) -> Result<(), TlsError> {
+pub fn check(specs: &[CertFiles]) -> Result<(), TlsError> {
     build(specs).map(drop)
 }
 
@@ -313,7 +303,7 @@ pub fn server_config(store: Arc<CertStore>) -> Result<Arc<ServerConfig>, TlsErro
 }
 
 /// Loads all pairs and indexes them by name.
-fn build(specs: &[CertSpec]) -> Result<Certs, TlsError> {
+fn build(specs: &[CertFiles]) -> Result<Certs, TlsError> {
     let provider = provider();
     let mut default: Option<(&Path, Arc<CertifiedKey>)> = None;
     let mut first: Option<Arc<CertifiedKey>> = None;
@@ -430,7 +420,7 @@ fn parse_name(raw: &str) -> Result<Name, TlsError> {
 }
 
 /// Reads one pair and checks that the key belongs to the leaf certificate.
-fn load_pair(spec: &CertSpec, provider: &CryptoProvider) -> Result<Arc<CertifiedKey>, TlsError> {
+fn load_pair(spec: &CertFiles, provider: &CryptoProvider) -> Result<Arc<CertifiedKey>, TlsError> {
     let cert_pem = read_pem_file(&spec.cert)?;
     let chain = CertificateDer::pem_slice_iter(&cert_pem)
         .collect::<Result<Vec<_>, _>>()
@@ -613,8 +603,8 @@ mod tests {
     }
 
     /// Writes the pair as `<stem>.crt` / `<stem>.key` and returns its spec.
-    fn write_pair(dir: &Path, stem: &str, names: &[&str], issued: &Issued) -> CertSpec {
-        CertSpec {
+    fn write_pair(dir: &Path, stem: &str, names: &[&str], issued: &Issued) -> CertFiles {
+        CertFiles {
             names: names.iter().map(|n| n.to_string()).collect(),
             cert: write(dir, &format!("{stem}.crt"), &issued.chain),
             key: write(dir, &format!("{stem}.key"), &issued.key),
@@ -807,7 +797,7 @@ mod tests {
         let dir = TempDir::new().unwrap();
         let issued = Ca::new().issue(&["site.test"], P256);
         let both = write(dir.path(), "both.pem", &format!("{}{}", issued.key, issued.chain));
-        let store = CertStore::load(&[CertSpec {
+        let store = CertStore::load(&[CertFiles {
             names: vec![],
             cert: both.clone(),
             key: both.clone(),
@@ -819,10 +809,10 @@ mod tests {
     // ---- loading: errors name the file ----
 
     /// Loads a pair whose cert or key file holds `cert`/`key` (None = good content) and returns the message.
-    fn load_error(cert: Option<&str>, key: Option<&str>) -> (TlsError, String, CertSpec) {
+    fn load_error(cert: Option<&str>, key: Option<&str>) -> (TlsError, String, CertFiles) {
         let dir = TempDir::new().unwrap();
         let issued = Ca::new().issue(&["site.test"], P256);
-        let spec = CertSpec {
+        let spec = CertFiles {
             names: vec![],
             cert: write(dir.path(), "fullchain.pem", cert.unwrap_or(&issued.chain)),
             key: write(dir.path(), "privkey.pem", key.unwrap_or(&issued.key)),
@@ -843,7 +833,7 @@ mod tests {
         let good = write_pair(dir.path(), "good", &[], &issued);
         let missing = dir.path().join("nope.pem");
 
-        let spec = CertSpec {
+        let spec = CertFiles {
             cert: missing.clone(),
             ..good.clone()
         };
@@ -854,7 +844,7 @@ mod tests {
             format!("{}: No such file or directory (os error 2)", missing.display())
         );
 
-        let spec = CertSpec {
+        let spec = CertFiles {
             key: missing.clone(),
             ..good
         };
@@ -949,7 +939,7 @@ mod tests {
         let dir = TempDir::new().unwrap();
         let issued = Ca::new().issue(&["site.test"], P256);
         let good = write_pair(dir.path(), "good", &[], &issued);
-        let err = CertStore::load(&[CertSpec {
+        let err = CertStore::load(&[CertFiles {
             cert: dir.path().to_path_buf(),
             ..good.clone()
         }])
@@ -958,7 +948,7 @@ mod tests {
 
         let big = dir.path().join("big.pem");
         File::create(&big).unwrap().set_len(MAX_PEM_BYTES + 1).unwrap();
-        let err = CertStore::load(&[CertSpec {
+        let err = CertStore::load(&[CertFiles {
             cert: big.clone(),
             ..good
         }])
@@ -971,7 +961,7 @@ mod tests {
         let dir = TempDir::new().unwrap();
         let issued = Ca::new().issue(&["site.test"], P256);
         let good = write_pair(dir.path(), "good", &[], &issued);
-        let bad = CertSpec {
+        let bad = CertFiles {
             names: vec!["b.test".into()],
             cert: dir.path().join("b.crt"),
             key: good.key.clone(),
@@ -1014,7 +1004,7 @@ mod tests {
         assert!(parse_name(&["abc"; 70].join(".")).is_err());
     }
 
-    fn specs_for(dir: &Path, ca: &Ca, names: &[&[&str]]) -> (Vec<CertSpec>, Vec<Issued>) {
+    fn specs_for(dir: &Path, ca: &Ca, names: &[&[&str]]) -> (Vec<CertFiles>, Vec<Issued>) {
         let issued: Vec<Issued> = names
             .iter()
             .map(|n| ca.issue(if n.is_empty() { &["default.test"] } else { n }, P256))
@@ -1107,7 +1097,7 @@ mod tests {
     fn files_lists_every_file_once() {
         let dir = TempDir::new().unwrap();
         let (mut specs, _) = specs_for(dir.path(), &Ca::new(), &[&[], &["a.test"]]);
-        specs.push(CertSpec {
+        specs.push(CertFiles {
             names: vec!["b.test".into()],
             ..specs[1].clone()
         });
@@ -1287,7 +1277,7 @@ mod tests {
             std::os::unix::fs::symlink(target, &tmp).unwrap();
             std::fs::rename(&tmp, at).unwrap();
         };
-        let spec = CertSpec {
+        let spec = CertFiles {
             names: vec![],
             cert: live.join("fullchain.pem"),
             key: live.join("privkey.pem"),

@@ -3,12 +3,13 @@
 //! the watcher and `status`) and writes it atomically (for `on`/`off`).
 
 use std::fs;
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
+use crate::fsutil;
 use crate::units::parse_duration;
 
 /// Larger toggle files are read only this far: the content is a few short keys.
@@ -167,20 +168,8 @@ fn libc_enotdir() -> i32 {
 /// Creates or replaces the toggle atomically: a temporary file in the same
 /// directory, renamed into place, so a reader never sees a half-written file.
 pub fn write_atomic(path: &Path, content: &ToggleContent) -> io::Result<()> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".gatekeeper-toggle-")
-        .tempfile_in(dir)?;
-    tmp.write_all(content.to_toml().as_bytes())?;
-    tmp.as_file().sync_all()?;
     // The daemon may run as another user than the operator who typed `on`.
-    use std::os::unix::fs::PermissionsExt;
-    tmp.as_file().set_permissions(fs::Permissions::from_mode(0o644))?;
-    tmp.persist(path).map_err(|e| e.error)?;
-    Ok(())
+    fsutil::write_atomic(path, content.to_toml().as_bytes(), 0o644)
 }
 
 /// Removes the toggle; removing an absent toggle is not an error.

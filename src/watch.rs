@@ -12,6 +12,7 @@ use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use crate::fsutil;
 use crate::state::{State, Via};
 use crate::toggle;
 
@@ -145,10 +146,7 @@ pub fn watch_set(toggle: &Path) -> (HashSet<PathBuf>, HashSet<OsString>) {
     if let Some(p) = toggle.parent() {
         name_of(p);
     }
-    let parent = match toggle.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
+    let parent = fsutil::parent_dir(toggle).to_path_buf();
     out.insert(parent.clone());
     // A swapped directory symlink shows up as a rename in the directory holding it.
     if std::fs::symlink_metadata(&parent).is_ok_and(|m| m.file_type().is_symlink()) {
@@ -232,7 +230,7 @@ pub fn spawn_config_watch(
                     .filter_map(|f| f.file_name().map(ToOwned::to_owned))
                     .collect();
             }
-            let dirs: HashSet<PathBuf> = files.iter().map(|f| parent_dir(f)).collect();
+            let dirs: HashSet<PathBuf> = files.iter().map(|f| fsutil::parent_dir(f).to_path_buf()).collect();
             for d in dirs.difference(&watched).cloned().collect::<Vec<_>>() {
                 if watcher.watch(&d, RecursiveMode::NonRecursive).is_ok() {
                     watched.insert(d);
@@ -262,13 +260,6 @@ pub fn spawn_config_watch(
         }
     });
     Ok(())
-}
-
-fn parent_dir(f: &Path) -> PathBuf {
-    match f.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    }
 }
 
 /// The files whose change means a reload: the config, the allowlist file and
