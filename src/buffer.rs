@@ -84,6 +84,33 @@ impl Buffered {
     }
 }
 
+/// Request bodies up to this size are read and thrown away when gatekeeper
+/// answers without the app, so the connection can carry the next request;
+/// larger ones end the connection (with a lingering close).
+pub const DISCARD_MAX: u64 = 64 << 10;
+
+/// Reads and discards a body of at most [`DISCARD_MAX`] bytes within `within`;
+/// true when it was read to its end.
+pub async fn discard<B>(body: &mut B, within: Duration) -> bool
+where
+    B: HttpBody<Data = Bytes> + Unpin,
+{
+    let read = async {
+        let mut total = 0u64;
+        while let Some(frame) = body.frame().await {
+            let Ok(frame) = frame else { return false };
+            if let Some(d) = frame.data_ref() {
+                total += d.len() as u64;
+                if total > DISCARD_MAX {
+                    return false;
+                }
+            }
+        }
+        true
+    };
+    tokio::time::timeout(within, read).await.unwrap_or(false)
+}
+
 /// Reads a request body whole: memory up to `memory` bytes, then an unlinked
 /// temporary file in `dir`. More than `max` bytes, or `idle` without a byte, fails.
 pub async fn read_request<B>(

@@ -35,6 +35,8 @@ pub struct Gathered<'s> {
     pub asset: Option<&'s crate::page::Asset>,
     /// Where a redirect to https goes, when [`Facts::redirect_to_https`].
     pub location: Option<HeaderValue>,
+    /// The request's Content-Length, when it is a plain number.
+    pub declared_length: Option<u64>,
 }
 
 /// The facts of `req` against `snap`. `now` matters only while a toggle is
@@ -74,7 +76,8 @@ pub fn gather<'s, B>(req: &Request<B>, conn: &Conn, snap: &'s Snapshot, now: jif
     } else {
         None
     };
-    let too_large = content_length(headers).is_some_and(|n| n > cfg.buffering.max_body);
+    let declared_length = content_length(headers);
+    let too_large = declared_length.is_some_and(|n| n > cfg.buffering.max_body);
     // SECURITY: what a proxy in front may frame otherwise is refused before anything reads the body.
     let framing = framing::check(req.version(), headers).err();
     Gathered {
@@ -93,6 +96,7 @@ pub fn gather<'s, B>(req: &Request<B>, conn: &Conn, snap: &'s Snapshot, now: jif
         resolved,
         asset,
         location,
+        declared_length,
     }
 }
 

@@ -39,6 +39,8 @@ pub mod framing;
 pub mod fsutil;
 /// Hop-by-hop header handling.
 pub mod hop;
+/// Lingering close after an answer given before the request body was read.
+pub mod linger;
 /// Log setup.
 pub mod logging;
 /// The maintenance view: derived from toggle, fleet key, config and clock.

@@ -50,6 +50,8 @@ pub struct Metrics {
     pub allowlist_entries: Gauge,
     pub open_connections: Gauge,
     pub idle_connections: Gauge,
+    pub lingering: Gauge,
+    pub lingering_total: Counter,
     pub toggle_flips: Counter,
     pub fleet_connected: Gauge,
     pub fleet_revision: Gauge,
@@ -122,6 +124,8 @@ impl Metrics {
             allowlist_entries: Gauge::default(),
             open_connections: Gauge::default(),
             idle_connections: Gauge::default(),
+            lingering: Gauge::default(),
+            lingering_total: Counter::default(),
             toggle_flips: Counter::default(),
             fleet_connected: Gauge::default(),
             fleet_revision: Gauge::default(),
@@ -154,6 +158,16 @@ impl Metrics {
             "idle_connections",
             "HTTP/1.1 keep-alive connections parked while idle, holding no HTTP buffers",
             m.idle_connections.clone(),
+        );
+        registry.register(
+            "lingering_connections",
+            "Connections answered before their request body was read, now reading and discarding the rest before closing",
+            m.lingering.clone(),
+        );
+        registry.register(
+            "lingering_closes",
+            "Connections closed after a lingering drain",
+            m.lingering_total.clone(),
         );
         registry.register(
             "fleet_connected",

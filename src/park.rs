@@ -57,6 +57,9 @@ pub struct Shared {
     never: AtomicBool,
     /// The socket, once the wrapper has parked it.
     parked: Mutex<Option<TcpStream>>,
+    /// The socket, once hyper is done with it while the client may still be
+    /// sending: for a lingering close (see [`crate::linger`]).
+    closing: Mutex<Option<TcpStream>>,
     /// When the wait for the next head began (the last response body's drop,
     /// or the connection's (re)activation), in nanoseconds since `epoch`.
     waiting_since: AtomicU64,
@@ -71,6 +74,7 @@ impl Default for Shared {
             bodiless: AtomicBool::new(false),
             never: AtomicBool::new(false),
             parked: Mutex::new(None),
+            closing: Mutex::new(None),
             waiting_since: AtomicU64::new(0),
             epoch: Instant::now(),
         }
@@ -111,6 +115,11 @@ impl Shared {
     /// The socket the wrapper parked, if it did.
     pub fn take_parked(&self) -> Option<TcpStream> {
         self.parked.lock().ok().and_then(|mut s| s.take())
+    }
+
+    /// The socket hyper let go of while the client may still be sending, if so.
+    pub fn take_closing(&self) -> Option<TcpStream> {
+        self.closing.lock().ok().and_then(|mut s| s.take())
     }
 }
 
@@ -184,6 +193,9 @@ pub struct Parkable {
     timer: Option<Pin<Box<Sleep>>>,
     /// The timer is set for the head deadline, not for the next idle check.
     long: bool,
+    /// The client ended its side, or kept it idle past the head deadline:
+    /// nothing to linger for when hyper lets go.
+    done: bool,
 }
 
 /// What a connection with nothing to read does.
@@ -207,6 +219,7 @@ impl Parkable {
             header_timeout,
             timer: None,
             long: false,
+            done: false,
         }
     }
 
@@ -303,6 +316,7 @@ impl AsyncRead for Parkable {
         match Pin::new(stream).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
                 let got = &buf.filled()[before..];
+                this.done |= got.is_empty() && buf.remaining() > 0;
                 this.tail = match got.last_chunk::<4>() {
                     Some(last) => u32::from_be_bytes(*last),
                     None => got.iter().fold(this.tail, |t, &b| (t << 8) | u32::from(b)),
@@ -313,12 +327,31 @@ impl AsyncRead for Parkable {
             Poll::Pending => match this.poll_idle(cx) {
                 Idle::Wait => Poll::Pending,
                 Idle::Park => Poll::Ready(Ok(())),
-                Idle::Expired => Poll::Ready(Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    "no complete request head within header_timeout",
-                ))),
+                Idle::Expired => {
+                    this.done = true;
+                    Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "no complete request head within header_timeout",
+                    )))
+                }
             },
             other => other,
+        }
+    }
+}
+
+impl Drop for Parkable {
+    /// hyper is done with the connection. Unless the client has ended its
+    /// side (or it is HTTP/2 or a tunnel, which read to their end), the client
+    /// may still be sending what hyper did not read: keep the socket for a
+    /// lingering close instead of closing it under unread data.
+    fn drop(&mut self) {
+        if let Some(stream) = self.stream.take() {
+            if !self.done && !self.shared.never.load(Relaxed) {
+                if let Ok(mut slot) = self.shared.closing.lock() {
+                    *slot = Some(stream);
+                }
+            }
         }
     }
 }

@@ -12,6 +12,7 @@ use http::{Request, Response, StatusCode};
 use http_body::Body as HttpBody;
 
 use crate::body::{boxed, Body, BoxError};
+use crate::buffer::{self, DISCARD_MAX};
 use crate::bypass;
 use crate::decision::{decide, Decision, Refusal};
 use crate::facts::{gather, Conn, Gathered};
@@ -19,6 +20,9 @@ use crate::forward::{forward, Outcome};
 use crate::page;
 use crate::rewrite::Origin;
 use crate::state::{Snapshot, State};
+
+/// How long an answer waits for a small unread body to arrive and be thrown away.
+const DISCARD_WITHIN: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Handles one request.
 pub async fn handle<B>(req: Request<B>, conn: &Conn, state: &State) -> Response<Body>
@@ -44,9 +48,35 @@ where
             _ => req.uri().path().to_string(),
         },
     });
-    let (resp, outcome) = respond(decision, req, &g, &snap, conn, now).await;
+    let mut req = req;
+    // Boxed: rare, and the handler's future stays small (hyper keeps one per connection).
+    let keep_alive = matches!(decision, Decision::Proxy { .. })
+        || req.body().is_end_stream()
+        || Box::pin(early_body_read(&mut req, &g)).await;
+    let http1 = req.version() < http::Version::HTTP_2;
+    let (mut resp, outcome) = respond(decision, req, &g, &snap, conn, now).await;
+    if !keep_alive && http1 {
+        // Where the unread rest goes: hyper closes after this answer, and the
+        // lingering close (see `linger`) lets the client read it first.
+        resp.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
+    }
     record(state, conn, &g, decision, &resp, outcome, line, start);
     resp
+}
+
+/// Answers that are not the app's leave the request body unread. A small one
+/// is read and thrown away (briefly: the answer waits for it), so the
+/// connection can serve the next request; false when the connection must end
+/// after the answer instead.
+async fn early_body_read<B>(req: &mut Request<B>, g: &Gathered<'_>) -> bool
+where
+    B: HttpBody<Data = Bytes> + Unpin,
+{
+    // SECURITY: a body whose end is ambiguous is never read.
+    if g.facts.bad_framing || g.declared_length.is_some_and(|n| n > DISCARD_MAX) {
+        return false;
+    }
+    buffer::discard(req.body_mut(), DISCARD_WITHIN).await
 }
 
 /// Turns a decision into its response: the one place where each kind of answer is made.

@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::facts::Conn;
+use crate::linger;
 use crate::park;
 use crate::pipeline;
 use crate::state::State;
@@ -112,7 +113,19 @@ pub async fn accept_loop(
                     match tokio::time::timeout(limit, acceptor.accept(stream)).await {
                         Ok(Ok(tls_stream)) => {
                             let _open = count_open(&state);
-                            serve_connection(tls_stream, peer, state.clone(), &shutdown, true, None).await;
+                            // HTTP/2 ends its streams itself; an HTTP/1.1 connection
+                            // may end with a body unread: kept for a lingering close.
+                            if tls_stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+                                serve_connection(tls_stream, peer, state.clone(), &shutdown, true, None).await;
+                            } else {
+                                let io = linger::Returning::new(tls_stream);
+                                let slot = io.slot();
+                                serve_connection(io, peer, state.clone(), &shutdown, true, None).await;
+                                if let Some(s) = linger::take(&slot) {
+                                    let linger = state.snapshot().rt.config.server.linger;
+                                    linger::drain(s, linger, &state.metrics, &shutdown).await;
+                                }
+                            }
                         }
                         Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
@@ -151,7 +164,13 @@ async fn serve_plain(mut stream: TcpStream, peer: SocketAddr, state: Arc<State>,
         ))
         .await;
         let parked = shared.take_parked();
-        let (true, Some(s)) = (clean, parked) else { return };
+        let (true, Some(s)) = (clean, parked) else {
+            if let Some(s) = shared.take_closing() {
+                let linger = state.snapshot().rt.config.server.linger;
+                linger::drain(s, linger, &state.metrics, &shutdown).await;
+            }
+            return;
+        };
         stream = s;
         // Idle keep-alive is bounded by header_timeout, as before parking.
         let idle = &state.metrics.idle_connections;

@@ -164,6 +164,7 @@ fn server(c: &mut Collector, s: &RawServer) -> Server {
         max_header_size: usize::try_from(max_header_size).unwrap_or(64 << 10),
         max_headers: count(c, &s.max_headers, "server.max_headers", 100, 1),
         workers: count(c, &s.workers, "server.workers", 0, 0),
+        linger: duration(c, &s.linger, "server.linger", Duration::from_secs(30)),
     }
 }
 

@@ -154,6 +154,9 @@ pub struct Server {
     pub max_headers: usize,
     /// Worker threads, each a single-threaded event loop (0: one per core).
     pub workers: usize,
+    /// After an answer given before the request body was read: how long at
+    /// most the rest is read and discarded before closing (nginx's `lingering_time`).
+    pub linger: Duration,
 }
 
 #[derive(Debug, Clone)]

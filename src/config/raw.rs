@@ -123,6 +123,7 @@ pub struct RawServer {
     pub max_header_size: Option<S<toml::Value>>,
     pub max_headers: Option<S<i64>>,
     pub workers: Option<S<i64>>,
+    pub linger: Option<S<toml::Value>>,
 }
 
 #[derive(Deserialize, Default)]
