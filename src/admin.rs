@@ -66,6 +66,11 @@ pub fn status_json(state: &State) -> serde_json::Value {
     serde_json::json!({
         "maintenance": if m.active { "on" } else { "off" },
         "state": m.label(),
+        "read_only": m.read_only,
+        "paused": m.paused,
+        "held": state.holds.count(),
+        "scope": { "paths": m.paths, "hosts": m.hosts },
+        "drained": snap.drained,
         "since": m.since.filter(|_| m.active).map(|t| humantime::format_rfc3339_seconds(t).to_string()),
         "message": m.message,
         "retry_after": m.retry_after,

@@ -40,10 +40,36 @@ pub enum Command {
         after_help = "Examples:\n  gatekeeper on\n  gatekeeper on --message \"Upgrading the database\" --retry-after 30m\n  \
         gatekeeper on --secret                      # prints a bypass link for the team\n  \
         gatekeeper on --from 2026-12-01T02:00:00Z --until 2026-12-01T02:30:00Z\n  \
-        gatekeeper on --for 30m --fleet             # every instance, through etcd\n\n\
+        gatekeeper on --for 30m --fleet             # every instance, through etcd\n  \
+        gatekeeper on --read-only                   # reads still work, writes get the page\n  \
+        gatekeeper on --path /api/ --host shop.example.com\n\n\
         Works whether the daemon runs or not; the daemon notices within milliseconds."
     )]
     On(OnArgs),
+    /// Hold requests instead of answering them, while the app restarts; `resume` releases them
+    #[command(
+        after_help = "Examples:\n  gatekeeper pause && systemctl restart myapp && gatekeeper resume\n  \
+        gatekeeper pause --max 10s\n\n\
+        Every request but bypass paths waits, in arrival order, without reaching the app; one held\n\
+        longer than --max (30s) gets the maintenance answer. Beyond maintenance.max_held held\n\
+        requests, the next gets it at once."
+    )]
+    Pause(PauseArgs),
+    /// Release held requests (the same as `off`)
+    #[command(after_help = "Example:\n  gatekeeper resume")]
+    Resume {
+        /// Delete the fleet key in etcd instead of the local toggle file
+        #[arg(long)]
+        fleet: bool,
+    },
+    /// Take this instance out of its load balancer: /.gatekeeper/health answers 503 (kept across restarts)
+    #[command(
+        after_help = "Example:\n  gatekeeper drain && sleep 30 && systemctl restart gatekeeper && gatekeeper undrain"
+    )]
+    Drain,
+    /// Put this instance back: /.gatekeeper/health answers 200 again
+    #[command(after_help = "Example:\n  gatekeeper undrain")]
+    Undrain,
     /// Turn maintenance off (removes the toggle file; idempotent)
     #[command(after_help = "Examples:\n  gatekeeper off\n  gatekeeper off --fleet")]
     Off {
@@ -85,6 +111,28 @@ pub struct OnArgs {
     /// Length of the window, from --from or from now (e.g. 30m)
     #[arg(long = "for", value_name = "DURATION", value_parser = parse_duration_arg)]
     pub for_: Option<Duration>,
+    /// Write the fleet key in etcd (every instance) instead of the local toggle file
+    #[arg(long)]
+    pub fleet: bool,
+    /// Read-only: GET, HEAD, OPTIONS and TRACE still reach the app for everyone
+    #[arg(long)]
+    pub read_only: bool,
+    /// Only this path prefix is in maintenance (whole segments; repeatable)
+    #[arg(long = "path", value_name = "PREFIX")]
+    pub paths: Vec<String>,
+    /// Only this host is in maintenance (`*.example.org` for its subdomains; repeatable)
+    #[arg(long = "host", value_name = "NAME")]
+    pub hosts: Vec<String>,
+}
+
+#[derive(Args, Debug, Default)]
+pub struct PauseArgs {
+    /// Longest a request is held; then it gets the maintenance answer (default 30s)
+    #[arg(long, value_parser = parse_duration_arg)]
+    pub max: Option<Duration>,
+    /// Message of the maintenance answer given to requests held too long
+    #[arg(long)]
+    pub message: Option<String>,
     /// Write the fleet key in etcd (every instance) instead of the local toggle file
     #[arg(long)]
     pub fleet: bool,

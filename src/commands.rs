@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-use crate::cli::OnArgs;
+use crate::cli::{OnArgs, PauseArgs};
 use crate::config::{Config, ConfigErrors};
 use crate::fleet;
 use crate::maint::{onoff, FleetView, Maint};
@@ -69,19 +69,16 @@ pub fn on(path: &Path, args: OnArgs) -> anyhow::Result<String> {
         secret: secret.clone(),
         from: args.from,
         until,
+        read_only: args.read_only,
+        paths: args.paths,
+        hosts: args.hosts,
+        ..ToggleContent::default()
     };
-    let mut out = if args.fleet {
-        let f = cfg
-            .fleet
-            .as_ref()
-            .context("--fleet needs a [fleet] section in the config")?;
-        let rev = block_on(fleet::put(f, &content.to_toml()))??;
-        format!("maintenance: on for the fleet ({}, revision {rev})", f.key)
-    } else {
-        let t = &cfg.maintenance.toggle;
-        toggle::write_atomic(t, &content).with_context(|| format!("cannot write toggle {}", t.display()))?;
-        format!("maintenance: on ({})", t.display())
-    };
+    content.check().map_err(|e| anyhow::anyhow!("--{e}"))?;
+    let mut out = write_toggle(&cfg, &content, args.fleet, "on")?;
+    if let Some(scope) = describe_scope(content.read_only, &content.paths, &content.hosts) {
+        out.push_str(&format!("\n{scope}"));
+    }
     if let Some(w) = describe(content.from, content.until, content.window_at(now), now) {
         out.push_str(&format!("\n{w}"));
     }
@@ -94,6 +91,73 @@ pub fn on(path: &Path, args: OnArgs) -> anyhow::Result<String> {
         out.push_str(&format!("\nbypass header: {}: {s}", cfg.bypass.header));
     }
     Ok(out)
+}
+
+/// Writes the toggle (or the fleet key) with `content`; "maintenance: <what> (<where>)".
+fn write_toggle(cfg: &Config, content: &ToggleContent, fleet_key: bool, what: &str) -> anyhow::Result<String> {
+    if fleet_key {
+        let f = cfg
+            .fleet
+            .as_ref()
+            .context("--fleet needs a [fleet] section in the config")?;
+        let rev = block_on(fleet::put(f, &content.to_toml()))??;
+        Ok(format!("maintenance: {what} for the fleet ({}, revision {rev})", f.key))
+    } else {
+        let t = &cfg.maintenance.toggle;
+        toggle::write_atomic(t, content).with_context(|| format!("cannot write toggle {}", t.display()))?;
+        Ok(format!("maintenance: {what} ({})", t.display()))
+    }
+}
+
+/// `pause`: the toggle with `pause = true`.
+pub fn pause(path: &Path, args: PauseArgs) -> anyhow::Result<String> {
+    let cfg = Config::load(path)?;
+    let content = ToggleContent {
+        message: args.message,
+        pause: true,
+        max: args.max,
+        ..ToggleContent::default()
+    };
+    let mut out = write_toggle(&cfg, &content, args.fleet, "paused")?;
+    let max = args.max.unwrap_or(crate::maint::DEFAULT_PAUSE_MAX);
+    out.push_str(&format!(
+        "\nrequests are held (at most {}, then the maintenance answer); `gatekeeper resume` releases them",
+        humantime::format_duration(max)
+    ));
+    Ok(out)
+}
+
+/// "scope: read-only; paths /api/, /checkout; hosts shop.example.com", or None for the whole site.
+fn describe_scope(read_only: bool, paths: &[String], hosts: &[String]) -> Option<String> {
+    let mut parts = Vec::new();
+    if read_only {
+        parts.push("read-only (safe methods reach the app)".to_string());
+    }
+    if !paths.is_empty() {
+        parts.push(format!("paths {}", paths.join(", ")));
+    }
+    if !hosts.is_empty() {
+        parts.push(format!("hosts {}", hosts.join(", ")));
+    }
+    (!parts.is_empty()).then(|| format!("scope: {}", parts.join("; ")))
+}
+
+/// `drain` / `undrain`: this instance's health answer, through `<toggle>.drain`.
+pub fn drain(path: &Path, on: bool) -> anyhow::Result<String> {
+    let cfg = Config::load(path)?;
+    let file = toggle::drain_path(&cfg.maintenance.toggle);
+    if on {
+        let at = jiff::Timestamp::now().to_string();
+        crate::fsutil::write_atomic(&file, format!("at = \"{at}\"\n").as_bytes(), 0o644)
+            .with_context(|| format!("cannot write {}", file.display()))?;
+        Ok(format!(
+            "drained: /.gatekeeper/health answers 503 ({}); `gatekeeper undrain` ends it",
+            file.display()
+        ))
+    } else {
+        toggle::remove(&file).with_context(|| format!("cannot remove {}", file.display()))?;
+        Ok("undrained: /.gatekeeper/health answers 200".to_string())
+    }
 }
 
 pub fn off(path: &Path, fleet_key: bool) -> anyhow::Result<String> {
@@ -146,11 +210,19 @@ pub fn status(path: &Path, show_secret: bool) -> anyhow::Result<String> {
     );
     let mut out = match m.window {
         _ if !m.present => "maintenance: off".to_string(),
+        Window::Active if m.paused => format!(
+            "maintenance: paused since {since} (requests held at most {})",
+            humantime::format_duration(m.pause_max)
+        ),
+        Window::Active if m.read_only => format!("maintenance: read-only since {since} ({})", m.message),
         Window::Active => format!("maintenance: on since {since} ({})", m.message),
         Window::Scheduled => format!("maintenance: scheduled ({})", m.message),
         Window::Expired => "maintenance: expired (the window has ended; `gatekeeper on` replaces it)".to_string(),
     };
     if m.present {
+        if let Some(scope) = describe_scope(false, &m.paths, &m.hosts) {
+            out.push_str(&format!("\n{scope}"));
+        }
         if let Some(w) = describe_window(&m, now) {
             out.push_str(&format!("\n{w}"));
         }
@@ -226,10 +298,16 @@ fn daemon_view(cfg: &Config, file_on: bool) -> String {
     match admin_get(admin.listen, "/status") {
         Err(e) => format!("\ndaemon: not reachable at {} ({e})", admin.listen),
         Ok(body) => {
-            let daemon_on = serde_json::from_str::<serde_json::Value>(&body)
-                .ok()
-                .and_then(|v| v.get("maintenance").and_then(|m| m.as_str()).map(|m| m == "on"));
-            match daemon_on {
+            let v = serde_json::from_str::<serde_json::Value>(&body).unwrap_or_default();
+            let daemon_on = v.get("maintenance").and_then(|m| m.as_str()).map(|m| m == "on");
+            let mut extra = String::new();
+            if let Some(n) = v.get("held").and_then(|n| n.as_u64()).filter(|n| *n > 0) {
+                extra.push_str(&format!("\nheld: {n} requests waiting for `gatekeeper resume`"));
+            }
+            if v.get("drained").and_then(|d| d.as_bool()) == Some(true) {
+                extra.push_str("\ndrained: /.gatekeeper/health answers 503 (`gatekeeper undrain` ends it)");
+            }
+            let seen = match daemon_on {
                 Some(d) if d != file_on && cfg.fleet.is_none() => format!(
                     "\ndaemon: sees maintenance {} (the file says {}; it applies changes within `maintenance.recheck` at most)",
                     if d { "on" } else { "off" },
@@ -238,7 +316,8 @@ fn daemon_view(cfg: &Config, file_on: bool) -> String {
                 Some(d) if d != file_on => format!("\ndaemon: sees maintenance {}", if d { "on" } else { "off" }),
                 Some(_) => String::new(),
                 None => "\ndaemon: unexpected answer from the admin endpoint".to_string(),
-            }
+            };
+            seen + &extra
         }
     }
 }

@@ -73,6 +73,8 @@ pub async fn run(config_path: &Path, config: Config) -> anyhow::Result<()> {
     };
     let observed = toggle::observe(&cfg.maintenance.toggle);
     let state = Arc::new(State::new(rt, observed));
+    // A drained instance stays drained across restarts, from its first answer.
+    state.set_drained(toggle::drain_path(&cfg.maintenance.toggle).exists());
     if let Some(f) = &cfg.fleet {
         // Before serving: an instance restarted during an etcd outage starts in the last known state.
         if let Some(view) = fleet::restore(f, &cfg.maintenance.toggle) {

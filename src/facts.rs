@@ -4,15 +4,15 @@
 
 use std::net::SocketAddr;
 
-use http::header::{HeaderValue, HOST};
+use http::header::{HeaderValue, ACCESS_CONTROL_REQUEST_METHOD, HOST};
 use http::{Method, Request};
 
 use crate::bypass;
 use crate::client_ip::{self, Resolved};
-use crate::decision::Facts;
+use crate::decision::{Endpoint, Facts, Script};
 use crate::framing::{self, FramingError};
 use crate::page::Asset;
-use crate::paths::under_bypass_path;
+use crate::paths::{host_in_scope, in_scope, under_bypass_path, under_prefix};
 use crate::state::Snapshot;
 
 /// How a request arrived.
@@ -49,18 +49,24 @@ pub fn gather<'s, B>(req: &Request<B>, conn: &Conn, snap: &'s Snapshot, now: jif
 
     let resolved = client_ip::resolve(conn.peer.ip(), headers, &rt.trusted, &cfg.clients.header);
     let client_allowed = resolved.client.is_some_and(|ip| rt.allow.contains(ip));
-    let bypass_path = under_bypass_path(path, &cfg.maintenance.bypass_paths);
+    let bypass_path =
+        under_bypass_path(path, &cfg.maintenance.bypass_paths) || (cfg.maintenance.acme && under_prefix(path, ACME));
+    let host = request_host(req);
     let location = match &cfg.tls {
-        Some(tls) if !conn.https && tls.redirect_http && !bypass_path => https_location(req, tls, conn.https_port),
+        Some(tls) if !conn.https && tls.redirect_http && !bypass_path => {
+            https_location(req, host, tls, conn.https_port)
+        }
         _ => None,
     };
+    let endpoint = endpoint(path, &rt.pages);
     let bp = &cfg.bypass;
     let secret = m.secret.as_deref().filter(|_| m.present);
     let bypass_link = secret.is_some_and(|secret| {
         path.strip_prefix(bp.path.as_str())
             .is_some_and(|token| bypass::token_matches(secret, token))
     });
-    let credential = m.active
+    let applies = m.active && in_scope(path, &m.paths) && host_in_scope(host, &m.hosts);
+    let credential = applies
         && secret.is_some_and(|secret| {
             let header_ok = headers
                 .get(&bp.header)
@@ -69,13 +75,16 @@ pub fn gather<'s, B>(req: &Request<B>, conn: &Conn, snap: &'s Snapshot, now: jif
             header_ok
                 || bypass::cookie(headers, &bp.cookie_name).is_some_and(|c| bypass::verify(secret, c, now.as_second()))
         });
-    let let_through = bypass_path || client_allowed || credential;
-    let get_or_head = matches!(*req.method(), Method::GET | Method::HEAD);
-    let asset: Option<&Asset> = if m.active && !let_through && get_or_head {
+    let method = req.method();
+    let safe_method = matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE);
+    let let_through = bypass_path || (!m.paused && (client_allowed || credential || (m.read_only && safe_method)));
+    let get_or_head = matches!(*method, Method::GET | Method::HEAD);
+    let asset: Option<&Asset> = if applies && !let_through && get_or_head {
         rt.pages.asset(path)
     } else {
         None
     };
+    let preflight = *method == Method::OPTIONS && headers.contains_key(ACCESS_CONTROL_REQUEST_METHOD);
     let declared_length = content_length(headers);
     let too_large = declared_length.is_some_and(|n| n > cfg.buffering.max_body);
     // SECURITY: what a proxy in front may frame otherwise is refused before anything reads the body.
@@ -83,10 +92,16 @@ pub fn gather<'s, B>(req: &Request<B>, conn: &Conn, snap: &'s Snapshot, now: jif
     Gathered {
         facts: Facts {
             bad_framing: framing.is_some(),
+            endpoint,
             redirect_to_https: location.is_some(),
             bypass_path,
             bypass_link,
             maintenance: m.active,
+            in_scope: applies || !m.active,
+            read_only: m.read_only,
+            paused: m.paused,
+            safe_method,
+            preflight,
             client_allowed,
             credential,
             asset: asset.is_some(),
@@ -100,14 +115,44 @@ pub fn gather<'s, B>(req: &Request<B>, conn: &Conn, snap: &'s Snapshot, now: jif
     }
 }
 
+/// The ACME HTTP-01 challenge path (`maintenance.acme`): certificate renewal
+/// must keep working during maintenance.
+const ACME: &str = "/.well-known/acme-challenge/";
+
+/// gatekeeper's own paths, answered on every listener before anything else.
+fn endpoint(path: &str, pages: &crate::page::PageSet) -> Option<Endpoint> {
+    let rest = path.strip_prefix("/.gatekeeper/")?;
+    Some(match rest {
+        "health" => Endpoint::Health,
+        "status" => Endpoint::Status,
+        "refresh.js" => Endpoint::Script(Script::Refresh),
+        "banner.js" => Endpoint::Script(Script::Banner),
+        _ => {
+            let asset = rest.strip_prefix("page")?;
+            pages.asset(asset)?;
+            Endpoint::PageAsset
+        }
+    })
+}
+
+/// The host a request is for: an absolute-form target's or HTTP/2's
+/// authority (RFC 9112 §3.2.2), else `Host`.
+pub fn request_host<B>(req: &Request<B>) -> Option<&str> {
+    match req.uri().authority() {
+        Some(a) => Some(a.as_str()),
+        None => req.headers().get(HOST).and_then(|h| h.to_str().ok()),
+    }
+}
+
 /// The same URL on https (the first TLS listener's port when it is not 443),
 /// or none when the request names no usable host.
-fn https_location<B>(req: &Request<B>, tls: &crate::config::Tls, bound: Option<u16>) -> Option<HeaderValue> {
-    let host = req
-        .headers()
-        .get(HOST)
-        .and_then(|h| h.to_str().ok())
-        .or_else(|| req.uri().authority().map(|a| a.as_str()))?;
+fn https_location<B>(
+    req: &Request<B>,
+    host: Option<&str>,
+    tls: &crate::config::Tls,
+    bound: Option<u16>,
+) -> Option<HeaderValue> {
+    let host = host?;
     let authority: http::uri::Authority = host.parse().ok()?;
     // The port actually bound (the config may say 0), else the configured one.
     let port = bound.or_else(|| tls.listen.first().map(|a| a.port())).unwrap_or(443);

@@ -14,6 +14,7 @@ use hyper_util::rt::TokioIo;
 use crate::body::{self, boxed, Body, BoxError};
 use crate::buffer::{self, RequestBodyError};
 use crate::config::Config;
+use crate::decision::Mark;
 use crate::hop;
 use crate::page;
 use crate::rewrite::{rewrite_request_headers, Origin};
@@ -98,14 +99,14 @@ impl ForwardError {
     }
 }
 
-/// Forwards `req` and returns the upstream's answer; `bypass` marks a request
-/// let through maintenance.
+/// Forwards `req` and returns the upstream's answer, marked with
+/// `X-Maintenance-Mode` as `mark` says.
 pub async fn forward<B>(
     upstream: &UpstreamClient,
     cfg: &Config,
     mut req: Request<B>,
     origin: &Origin<'_>,
-    bypass: bool,
+    mark: Mark,
 ) -> Result<Response<Body>, ForwardError>
 where
     B: HttpBody<Data = Bytes> + Send + Sync + Unpin + 'static,
@@ -217,9 +218,16 @@ where
     } else {
         hop::strip(resp.headers_mut(), false);
     }
-    if bypass {
-        resp.headers_mut()
-            .insert(X_MAINTENANCE_MODE.clone(), HeaderValue::from_static("bypass"));
+    match mark {
+        Mark::None => {}
+        Mark::Bypass => {
+            resp.headers_mut()
+                .insert(X_MAINTENANCE_MODE.clone(), HeaderValue::from_static("bypass"));
+        }
+        Mark::ReadOnly => {
+            resp.headers_mut()
+                .insert(X_MAINTENANCE_MODE.clone(), HeaderValue::from_static("read-only"));
+        }
     }
     // nginx's convention: the app asks for this answer to be relayed unbuffered.
     let unbuffered = resp

@@ -27,6 +27,8 @@ pub mod config;
 pub mod daemon;
 /// The pure decision: what a request gets, from its facts.
 pub mod decision;
+/// gatekeeper's own endpoints: health, public status, scripts.
+pub mod endpoints;
 /// The facts of one request, gathered once from its head and the snapshot.
 pub mod facts;
 /// The fleet switch: one etcd key for many instances.
@@ -37,6 +39,8 @@ pub mod forward;
 pub mod framing;
 /// Atomic file writes; the directory a path lives in.
 pub mod fsutil;
+/// Holding requests during a pause.
+pub mod hold;
 /// Hop-by-hop header handling.
 pub mod hop;
 /// Lingering close after an answer given before the request body was read.

@@ -37,7 +37,10 @@ fn main() -> ExitCode {
             Err(e) => return fail_config(&e),
         },
         Command::On(args) => commands::on(path, args),
-        Command::Off { fleet } => commands::off(path, fleet),
+        Command::Off { fleet } | Command::Resume { fleet } => commands::off(path, fleet),
+        Command::Pause(args) => commands::pause(path, args),
+        Command::Drain => commands::drain(path, true),
+        Command::Undrain => commands::drain(path, false),
         Command::Status { show_secret } => commands::status(path, show_secret),
         Command::Health => commands::health(path),
     };

@@ -4,11 +4,14 @@
 //! the same function.
 
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use crate::config::Maintenance;
 use crate::toggle::{Observed, ToggleContent, Window};
 use crate::units::ceil_secs;
+
+/// How long a request is held during a pause when the toggle does not say.
+pub const DEFAULT_PAUSE_MAX: Duration = Duration::from_secs(30);
 
 /// The fleet source's latest word, as the fleet module publishes it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -60,6 +63,16 @@ pub struct Maint {
     pub next_boundary: Option<jiff::Timestamp>,
     /// Bypass token from the toggle content.
     pub secret: Option<Arc<str>>,
+    /// Safe methods reach the app for everyone.
+    pub read_only: bool,
+    /// Path prefixes maintenance is limited to (empty: all).
+    pub paths: Vec<String>,
+    /// Hosts maintenance is limited to (empty: all).
+    pub hosts: Vec<String>,
+    /// Requests are held instead of answered.
+    pub paused: bool,
+    /// How long a request is held at most.
+    pub pause_max: Duration,
     pub warning: Option<String>,
 }
 
@@ -104,6 +117,11 @@ impl Maint {
             until: content.until,
             next_boundary: if present { content.next_boundary(now) } else { None },
             secret: content.secret.as_deref().filter(|s| !s.is_empty()).map(Arc::from),
+            read_only: content.read_only,
+            paths: content.paths,
+            hosts: content.hosts,
+            paused: content.pause,
+            pause_max: content.max.unwrap_or(DEFAULT_PAUSE_MAX),
             warning,
         }
     }
@@ -124,15 +142,23 @@ impl Maint {
         }
     }
 
-    /// One word for the state: "off", "on", "scheduled" (before the window)
-    /// or "expired" (after it, until the toggle is removed).
+    /// One word for the state: "off", "on", "read-only", "paused",
+    /// "scheduled" (before the window) or "expired" (after it, until the
+    /// toggle is removed).
     pub fn label(&self) -> &'static str {
         match (self.present, self.window) {
             (false, _) => "off",
+            (true, Window::Active) if self.paused => "paused",
+            (true, Window::Active) if self.read_only => "read-only",
             (true, Window::Active) => "on",
             (true, Window::Scheduled) => "scheduled",
             (true, Window::Expired) => "expired",
         }
+    }
+
+    /// Whether maintenance is limited to part of the site.
+    pub fn scoped(&self) -> bool {
+        !self.paths.is_empty() || !self.hosts.is_empty()
     }
 }
 
@@ -158,6 +184,9 @@ mod tests {
             message: "default message".into(),
             bypass_paths: vec![],
             recheck: Duration::from_secs(2),
+            acme: true,
+            max_held: 10,
+            announce: Duration::ZERO,
         }
     }
 

@@ -52,6 +52,7 @@ pub struct Metrics {
     pub idle_connections: Gauge,
     pub lingering: Gauge,
     pub lingering_total: Counter,
+    pub held: Gauge,
     pub toggle_flips: Counter,
     pub fleet_connected: Gauge,
     pub fleet_revision: Gauge,
@@ -126,6 +127,7 @@ impl Metrics {
             idle_connections: Gauge::default(),
             lingering: Gauge::default(),
             lingering_total: Counter::default(),
+            held: Gauge::default(),
             toggle_flips: Counter::default(),
             fleet_connected: Gauge::default(),
             fleet_revision: Gauge::default(),
@@ -158,6 +160,11 @@ impl Metrics {
             "idle_connections",
             "HTTP/1.1 keep-alive connections parked while idle, holding no HTTP buffers",
             m.idle_connections.clone(),
+        );
+        registry.register(
+            "held_requests",
+            "Requests held by a pause, waiting for it to end",
+            m.held.clone(),
         );
         registry.register(
             "lingering_connections",
@@ -240,7 +247,12 @@ mod tests {
     fn counts_show_in_the_exposition() {
         let m = Metrics::new();
         m.request(Decision::Page, 503, None, 0.001);
-        m.request(Decision::Proxy { bypass: false }, 502, Some(Outcome::Unreachable), 0.01);
+        m.request(
+            Decision::Proxy(crate::decision::Mark::None),
+            502,
+            Some(Outcome::Unreachable),
+            0.01,
+        );
         m.set_maintenance(true);
         m.allowlist_entries.set(3);
         let text = m.encode();

@@ -4,22 +4,27 @@
 //! becomes a response. Generic over the request body, so it runs in-process
 //! in tests as it runs behind hyper.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::header::{HeaderValue, ACCEPT, CONNECTION, LOCATION, SET_COOKIE};
+use http::header::{HeaderName, HeaderValue, ACCEPT, CONNECTION, LOCATION, ORIGIN, SET_COOKIE};
 use http::{Request, Response, StatusCode};
 use http_body::Body as HttpBody;
+use http_body_util::Full;
 
 use crate::body::{boxed, Body, BoxError};
 use crate::buffer::{self, DISCARD_MAX};
 use crate::bypass;
-use crate::decision::{decide, Decision, Refusal};
-use crate::facts::{gather, Conn, Gathered};
+use crate::decision::{decide, Decision, Endpoint, Refusal};
+use crate::endpoints;
+use crate::facts::{gather, request_host, Conn, Gathered};
 use crate::forward::{forward, Outcome};
+use crate::hold::Held;
 use crate::page;
 use crate::rewrite::Origin;
 use crate::state::{Snapshot, State};
+
+static X_MAINTENANCE_MODE: HeaderName = HeaderName::from_static("x-maintenance-mode");
 
 /// How long an answer waits for a small unread body to arrive and be thrown away.
 const DISCARD_WITHIN: std::time::Duration = std::time::Duration::from_secs(1);
@@ -31,37 +36,60 @@ where
     B::Error: Into<BoxError>,
 {
     let start = Instant::now();
-    let snap = state.snapshot();
-    // The clock matters only while a toggle is present (cookies, windows).
-    let now = if snap.maint.present {
-        jiff::Timestamp::now()
-    } else {
-        jiff::Timestamp::UNIX_EPOCH
-    };
-    let g = gather(&req, conn, &snap, now);
-    let decision = decide(&g.facts);
-    let line = snap.rt.config.log.access.then(|| AccessLine {
-        method: req.method().clone(),
-        // SECURITY: the bypass link's path carries the token, a credential: never logged.
-        path: match decision {
-            Decision::BypassLink => snap.rt.config.bypass.path.clone(),
-            _ => req.uri().path().to_string(),
-        },
-    });
-    let mut req = req;
-    // Boxed: rare, and the handler's future stays small (hyper keeps one per connection).
-    let keep_alive = matches!(decision, Decision::Proxy { .. })
-        || req.body().is_end_stream()
-        || Box::pin(early_body_read(&mut req, &g)).await;
-    let http1 = req.version() < http::Version::HTTP_2;
-    let (mut resp, outcome) = respond(decision, req, &g, &snap, conn, now).await;
-    if !keep_alive && http1 {
-        // Where the unread rest goes: hyper closes after this answer, and the
-        // lingering close (see `linger`) lets the client read it first.
-        resp.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
+    let mut held: Option<Duration> = None;
+    loop {
+        let snap = state.snapshot();
+        // The clock matters only while a toggle is present (cookies, windows).
+        let now = if snap.maint.present {
+            jiff::Timestamp::now()
+        } else {
+            jiff::Timestamp::UNIX_EPOCH
+        };
+        let g = gather(&req, conn, &snap, now);
+        let mut decision = decide(&g.facts);
+        if decision == Decision::Hold {
+            let since = Instant::now();
+            let cfg = &snap.rt.config.maintenance;
+            // Boxed: rare, and the handler's future stays small.
+            let waited = Box::pin(state.holds.wait(cfg.max_held, snap.maint.pause_max, || {
+                let now = state.snapshot();
+                now.maint.active && now.maint.paused
+            }))
+            .await;
+            *held.get_or_insert(Duration::ZERO) += since.elapsed();
+            match waited {
+                // Decided again on what is true now: the pause may have become anything.
+                Held::Released => continue,
+                Held::TimedOut | Held::Full => decision = Decision::Page,
+            }
+        }
+        let cfg = &snap.rt.config;
+        let logged = cfg.log.access && (cfg.log.health || decision != Decision::Endpoint(Endpoint::Health));
+        let line = logged.then(|| AccessLine {
+            method: req.method().clone(),
+            // SECURITY: the bypass link's path carries the token, a credential: never logged.
+            path: match decision {
+                Decision::BypassLink => cfg.bypass.path.clone(),
+                _ => req.uri().path().to_string(),
+            },
+            held,
+        });
+        let mut req = req;
+        // Boxed: rare, and the handler's future stays small (hyper keeps one per connection).
+        let keep_alive = matches!(decision, Decision::Proxy(_))
+            || req.body().is_end_stream()
+            || Box::pin(early_body_read(&mut req, &g)).await;
+        let http1 = req.version() < http::Version::HTTP_2;
+        let (mut resp, outcome) = respond(decision, req, &g, &snap, conn, now).await;
+        if !keep_alive && http1 {
+            // Where the unread rest goes: hyper closes after this answer, and the
+            // lingering close (see `linger`) lets the client read it first.
+            resp.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
+        }
+        let counted = if held.is_some() { Decision::Hold } else { decision };
+        record(state, conn, &g, counted, &resp, outcome, line, start);
+        return resp;
     }
-    record(state, conn, &g, decision, &resp, outcome, line, start);
-    resp
 }
 
 /// Answers that are not the app's leave the request body unread. A small one
@@ -94,9 +122,27 @@ where
 {
     let (rt, m) = (&*snap.rt, &snap.maint);
     let cfg = &rt.config;
+    let method = req.method();
     let resp = match decision {
+        Decision::Endpoint(Endpoint::Health) => endpoints::health(snap.drained, method),
+        Decision::Endpoint(Endpoint::Status) => {
+            let announce = cfg.maintenance.announce.as_secs();
+            endpoints::status(m, request_host(&req), announce, jiff::Timestamp::now(), method)
+        }
+        Decision::Endpoint(Endpoint::Script(s)) => endpoints::script(s, method),
+        Decision::Endpoint(Endpoint::PageAsset) => {
+            let asset = req
+                .uri()
+                .path()
+                .strip_prefix("/.gatekeeper/page")
+                .and_then(|p| rt.pages.asset(p));
+            match asset {
+                Some(a) => page::asset_response(a, method),
+                None => page::error_response(StatusCode::NOT_FOUND),
+            }
+        }
         Decision::RedirectHttps => {
-            let mut r = boxed(page::error_response(StatusCode::PERMANENT_REDIRECT));
+            let mut r = page::error_response(StatusCode::PERMANENT_REDIRECT);
             if let Some(loc) = g.location.clone() {
                 r.headers_mut().insert(LOCATION, loc);
             }
@@ -116,22 +162,29 @@ where
                 Some(Outcome::Refused),
             )
         }
-        Decision::Asset | Decision::Page => match g.asset.filter(|_| decision == Decision::Asset) {
-            Some(a) => boxed(page::asset_response(a, req.method())),
+        Decision::Preflight => page::preflight_response(req.headers()),
+        // A held request that got no release is answered as a Page.
+        Decision::Asset | Decision::Page | Decision::Hold => match g.asset.filter(|_| decision == Decision::Asset) {
+            Some(a) => page::asset_response(a, method),
             None => {
                 let retry = m.retry_after_at(now);
                 let accept = req.headers().get(ACCEPT);
-                let resp = if m.until.is_some() {
+                let mut resp = if m.until.is_some() {
                     // The countdown changes every second; the page is rendered for this moment.
                     let r = page::render_at(&rt.pages, &m.message, retry, m.until);
-                    page::maintenance_response(&r, req.method(), accept, retry)
+                    page::maintenance_response(&r, method, accept, retry)
                 } else {
-                    page::maintenance_response(&snap.rendered, req.method(), accept, retry)
+                    page::maintenance_response(&snap.rendered, method, accept, retry)
                 };
-                boxed(resp)
+                page::allow_origin(resp.headers_mut(), req.headers().get(ORIGIN));
+                if m.read_only {
+                    resp.headers_mut()
+                        .insert(X_MAINTENANCE_MODE.clone(), HeaderValue::from_static("read-only"));
+                }
+                resp
             }
         },
-        Decision::Proxy { bypass } => {
+        Decision::Proxy(mark) => {
             let mut req = req;
             // SECURITY: bypass credentials are gatekeeper's business, never the app's.
             let bp = &cfg.bypass;
@@ -145,20 +198,20 @@ where
             // connection; the forwarding state is large. Boxed in a statement of
             // its own: a temporary in the awaiting statement would keep its
             // space in this future's state even after it is moved into the box.
-            let exchange = Box::pin(forward(&rt.upstream, cfg, req, &origin, bypass));
+            let exchange = Box::pin(forward(&rt.upstream, cfg, req, &origin, mark));
             return match exchange.await {
                 Ok(r) => (r, Some(Outcome::Ok)),
                 Err(e) => (e.response(), Some(e.outcome())),
             };
         }
     };
-    (resp, None)
+    (boxed(resp), None)
 }
 
 /// 303 to `next` (same-site only) or "/", with a fresh signed bypass cookie.
-fn bypass_link<B>(req: &Request<B>, snap: &Snapshot, https: bool, now: jiff::Timestamp) -> Response<Body> {
+fn bypass_link<B>(req: &Request<B>, snap: &Snapshot, https: bool, now: jiff::Timestamp) -> Response<Full<Bytes>> {
     let bp = &snap.rt.config.bypass;
-    let mut r = boxed(page::error_response(StatusCode::SEE_OTHER));
+    let mut r = page::error_response(StatusCode::SEE_OTHER);
     let Some(secret) = snap.maint.secret.as_deref() else {
         return r;
     };
@@ -179,6 +232,8 @@ fn bypass_link<B>(req: &Request<B>, snap: &Snapshot, https: bool, now: jiff::Tim
 struct AccessLine {
     method: http::Method,
     path: String,
+    /// How long the request was held by a pause, if it was.
+    held: Option<Duration>,
 }
 
 /// The one place every answer is counted and logged.
@@ -201,17 +256,16 @@ fn record(
             .resolved
             .client
             .map_or_else(|| "unknown".to_string(), |c| c.to_string());
-        tracing::info!(
-            target: "access",
-            client = %client,
-            peer = %conn.peer,
-            method = %line.method,
-            path = %line.path,
-            status,
-            decision = decision.label(),
-            upstream = outcome.map_or("-", Outcome::label),
-            ms = format_args!("{:.3}", elapsed.as_secs_f64() * 1000.0),
-        );
+        let (client, peer, method, path) = (&client, &conn.peer, &line.method, &line.path);
+        let (decision, upstream) = (decision.label(), outcome.map_or("-", Outcome::label));
+        let ms = format_args!("{:.3}", elapsed.as_secs_f64() * 1000.0);
+        match line.held {
+            None => tracing::info!(target: "access", %client, %peer, %method, %path, status, decision, upstream, ms),
+            Some(h) => {
+                let held_ms = format_args!("{:.0}", h.as_secs_f64() * 1000.0);
+                tracing::info!(target: "access", %client, %peer, %method, %path, status, decision, upstream, ms, held_ms)
+            }
+        }
     }
 }
 
@@ -221,7 +275,8 @@ mod tests {
     use crate::config::Config;
     use crate::runtime::Runtime;
     use crate::toggle::{Observed, ToggleContent};
-    use http_body_util::{BodyExt, Full};
+    use http_body_util::BodyExt;
+    use std::sync::Arc;
 
     /// A daemon's state without a socket: the upstream is a Unix socket that
     /// does not exist, so whatever is proxied ends in a 502.
@@ -231,11 +286,16 @@ mod tests {
     }
 
     fn setup(extra: &str, toggle: Option<ToggleContent>) -> Setup {
+        setup_with(extra, "", toggle)
+    }
+
+    /// `extra`: top-level keys and tables; `maint`: more `[maintenance]` keys.
+    fn setup_with(extra: &str, maint: &str, toggle: Option<ToggleContent>) -> Setup {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path().display();
         let text = format!(
             "listen = [\"127.0.0.1:0\"]\n{extra}\n[upstream]\nurl = \"unix:{d}/no-app.sock\"\n\
-             [maintenance]\ntoggle = \"{d}/maintenance-mode-on\"\nbypass_paths = [\"/healthz\"]\n\
+             [maintenance]\ntoggle = \"{d}/maintenance-mode-on\"\nbypass_paths = [\"/healthz\"]\n{maint}\n\
              [clients]\nallow = [\"127.0.0.2\"]\n[buffering]\nmax_body = \"1KiB\"\n"
         );
         let file = dir.path().join("gatekeeper.toml");
@@ -429,5 +489,189 @@ mod tests {
         assert_eq!(r.status(), StatusCode::BAD_GATEWAY);
         let r = send(&s, VISITOR, true, get("/a"), "").await;
         assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    }
+
+    fn content(toml: &str) -> Option<ToggleContent> {
+        Some(ToggleContent::parse(toml).unwrap_or_else(|e| panic!("{e}")))
+    }
+
+    fn post(path: &str) -> http::request::Builder {
+        get(path).method("POST")
+    }
+
+    #[tokio::test]
+    async fn scope_by_path_and_host() {
+        let s = setup(
+            "",
+            content("paths = [\"/api/\"]\nhosts = [\"shop.example\", \"*.tenant.example\"]"),
+        );
+        let on_host = |p: &str, h: &str| Request::get(p).header("host", h);
+        // Inside both: the page.
+        for (p, h) in [
+            ("/api/x", "shop.example"),
+            ("/%61pi/x", "SHOP.example:443"),
+            ("/x/../api/", "a.b.tenant.example"),
+        ] {
+            let r = send(&s, VISITOR, false, on_host(p, h), "").await;
+            assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE, "{p} on {h}");
+        }
+        // Outside either: the app (here: the missing app's 502), unmarked.
+        for (p, h) in [
+            ("/shop", "shop.example"),
+            ("/api/x", "blog.example"),
+            ("/api/x", "tenant.example"),
+        ] {
+            let r = send(&s, VISITOR, false, on_host(p, h), "").await;
+            assert_eq!(r.status(), StatusCode::BAD_GATEWAY, "{p} on {h}");
+        }
+        // Fail closed: an encoded slash is inside every prefix; an absolute-form target's host wins.
+        let r = send(&s, VISITOR, false, on_host("/static%2f..%2fapi", "shop.example"), "").await;
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let r = send(
+            &s,
+            VISITOR,
+            false,
+            Request::get("http://shop.example/api/x").header("host", "blog.example"),
+            "",
+        )
+        .await;
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        // The public status follows the host.
+        let st = |h: &'static str| Request::get("/.gatekeeper/status").header("host", h);
+        let v: serde_json::Value =
+            serde_json::from_str(&text(send(&s, VISITOR, false, st("shop.example"), "").await).await).unwrap();
+        assert_eq!(
+            (v["maintenance"].as_str(), v["paths"][0].as_str()),
+            (Some("on"), Some("/api/"))
+        );
+        let v: serde_json::Value =
+            serde_json::from_str(&text(send(&s, VISITOR, false, st("blog.example"), "").await).await).unwrap();
+        assert_eq!(v["maintenance"], "off");
+    }
+
+    #[tokio::test]
+    async fn read_only_lets_reads_through() {
+        let s = setup("", content("read_only = true"));
+        let r = send(&s, VISITOR, false, get("/"), "").await;
+        assert_eq!(r.status(), StatusCode::BAD_GATEWAY, "GET reaches the app");
+        assert!(counted(&s, "read-only", "5xx"));
+        let r = send(&s, VISITOR, false, post("/cart").header("content-length", "2"), "ab").await;
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(r.headers()["x-maintenance-mode"], "read-only");
+        assert!(
+            r.headers().get("connection").is_none(),
+            "a small body is read: kept alive"
+        );
+        let r = send(&s, TEAM, false, post("/cart"), "").await;
+        assert_eq!(r.status(), StatusCode::BAD_GATEWAY, "the team's writes go through");
+        assert!(counted(&s, "bypass", "5xx"));
+        // Login stays possible: a bypass path.
+        let r = send(&s, VISITOR, false, post("/healthz"), "").await;
+        assert_eq!(r.status(), StatusCode::BAD_GATEWAY);
+    }
+
+    #[tokio::test]
+    async fn pause_holds_until_resumed_then_decides_again() {
+        let s = Arc::new(setup("", content("pause = true\nmax = \"10s\"")));
+        let s2 = s.clone();
+        let held = tokio::spawn(async move { send(&s2, TEAM, false, get("/"), "").await.status() });
+        let s3 = s.clone();
+        let asset = send(&s3, VISITOR, false, get("/style.css"), "").await;
+        assert_eq!(asset.status(), StatusCode::OK, "the page's assets are answered at once");
+        while s.state.holds.count() < 1 {
+            tokio::task::yield_now().await;
+        }
+        // Resumed into maintenance on: decided again, the team goes to the app.
+        s.state.set_observed(Observed {
+            exists: true,
+            content: on().unwrap(),
+            ..Observed::default()
+        });
+        assert_eq!(held.await.unwrap(), StatusCode::BAD_GATEWAY);
+        assert!(counted(&s, "held", "5xx"));
+        assert_eq!(s.state.holds.count(), 0);
+    }
+
+    #[tokio::test]
+    async fn pause_max_and_max_held_give_the_page() {
+        let s = setup("", content("pause = true\nmax = \"50ms\""));
+        let r = send(&s, VISITOR, false, get("/"), "").await;
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(counted(&s, "held", "5xx"));
+        let s = setup_with("", "max_held = 0", content("pause = true"));
+        let r = send(&s, VISITOR, false, get("/"), "").await;
+        assert_eq!(
+            r.status(),
+            StatusCode::SERVICE_UNAVAILABLE,
+            "over max_held: the page at once"
+        );
+    }
+
+    #[tokio::test]
+    async fn own_endpoints_answer_first() {
+        let s = setup("", content("pause = true\nmax = \"50ms\""));
+        let r = send(&s, VISITOR, false, get("/.gatekeeper/health"), "").await;
+        assert_eq!((r.status(), text(r).await.as_str()), (StatusCode::OK, "ok\n"));
+        s.state.set_drained(true);
+        let r = send(&s, VISITOR, false, get("/.gatekeeper/health"), "").await;
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let r = send(&s, VISITOR, false, get("/.gatekeeper/refresh.js"), "").await;
+        assert_eq!(r.headers()["content-type"], "text/javascript; charset=utf-8");
+        let r = send(&s, VISITOR, false, get("/.gatekeeper/page/style.css"), "").await;
+        assert_eq!(
+            (r.status(), &r.headers()["content-type"]),
+            (StatusCode::OK, &HeaderValue::from_static("text/css; charset=utf-8"))
+        );
+        let r = send(&s, VISITOR, false, get("/.gatekeeper/page/nope.css"), "").await;
+        assert_eq!(
+            r.status(),
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ours: decided as any path (held, then the page)"
+        );
+        let r = send(&s, VISITOR, false, get("/.gatekeeper/status"), "").await;
+        assert_eq!(r.headers()["access-control-allow-origin"], "*");
+        let v: serde_json::Value = serde_json::from_str(&text(r).await).unwrap();
+        assert_eq!(v["maintenance"], "paused");
+    }
+
+    #[tokio::test]
+    async fn cors_on_the_page_and_its_preflight() {
+        let s = setup("", on());
+        let origin = "https://app.example";
+        let r = send(
+            &s,
+            VISITOR,
+            false,
+            get("/api")
+                .header("origin", origin)
+                .header("accept", "application/json"),
+            "",
+        )
+        .await;
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(r.headers()["access-control-allow-origin"], origin);
+        assert_eq!(r.headers()["access-control-allow-credentials"], "true");
+        let vary: Vec<&str> = r
+            .headers()
+            .get_all("vary")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        assert!(vary.contains(&"Origin"), "{vary:?}");
+        let pre = Request::builder()
+            .method("OPTIONS")
+            .uri("/api")
+            .header("host", "a")
+            .header("origin", origin)
+            .header("access-control-request-method", "PUT")
+            .header("access-control-request-headers", "content-type, x-csrf");
+        let r = send(&s, VISITOR, false, pre, "").await;
+        assert_eq!(r.status(), StatusCode::NO_CONTENT);
+        assert_eq!(r.headers()["access-control-allow-methods"], "PUT");
+        assert_eq!(r.headers()["access-control-allow-headers"], "content-type, x-csrf");
+        assert!(counted(&s, "preflight", "2xx"));
+        // ACME renewal reaches the app during maintenance.
+        let r = send(&s, VISITOR, false, get("/.well-known/acme-challenge/tok"), "").await;
+        assert_eq!(r.status(), StatusCode::BAD_GATEWAY);
     }
 }

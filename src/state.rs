@@ -9,6 +9,7 @@ use std::time::{Instant, SystemTime};
 
 use arc_swap::ArcSwap;
 
+use crate::hold::Holds;
 use crate::maint::{onoff, FleetView, Maint, Source};
 use crate::metrics::Metrics;
 use crate::page::{self, Rendered};
@@ -24,10 +25,12 @@ pub struct Snapshot {
     /// The inputs `maint` was derived from, kept to re-derive on the next change.
     pub observed: Observed,
     pub fleet: Option<FleetView>,
+    /// `gatekeeper drain` is in force: the health check answers 503.
+    pub drained: bool,
 }
 
 impl Snapshot {
-    fn derive(rt: Arc<Runtime>, observed: Observed, fleet: Option<FleetView>) -> Snapshot {
+    fn derive(rt: Arc<Runtime>, observed: Observed, fleet: Option<FleetView>, drained: bool) -> Snapshot {
         let maint = Maint::derive(
             &observed,
             fleet.as_ref(),
@@ -41,9 +44,13 @@ impl Snapshot {
             rendered,
             observed,
             fleet,
+            drained,
         }
     }
 }
+
+/// What a snapshot is derived from.
+type Inputs = (Arc<Runtime>, Observed, Option<FleetView>, bool);
 
 /// Holder of the current snapshot. Writers (watcher, reload, fleet) serialise
 /// on a mutex; readers never block.
@@ -55,12 +62,15 @@ pub struct State {
     pub started_at: SystemTime,
     /// The first TLS listener's bound port (0: none), for redirects to https.
     https_port: AtomicU16,
+    /// Requests held by a pause.
+    pub holds: Holds,
 }
 
 impl State {
     pub fn new(rt: Runtime, observed: Observed) -> State {
-        let snap = Snapshot::derive(Arc::new(rt), observed, None);
+        let snap = Snapshot::derive(Arc::new(rt), observed, None, false);
         let metrics = Metrics::new();
+        let holds = Holds::new(metrics.held.clone());
         metrics.set_maintenance(snap.maint.active);
         metrics.allowlist_entries.set(snap.rt.allow.len() as i64);
         State {
@@ -70,7 +80,17 @@ impl State {
             started: Instant::now(),
             started_at: SystemTime::now(),
             https_port: AtomicU16::new(0),
+            holds,
         }
+    }
+
+    /// Applies the drain file's presence (`gatekeeper drain`); true when that changed it.
+    pub fn set_drained(&self, on: bool) -> bool {
+        let was = self.snapshot().drained;
+        if was != on {
+            self.update(|cur| (cur.rt.clone(), cur.observed.clone(), cur.fleet.clone(), on));
+        }
+        was != on
     }
 
     pub fn set_https_port(&self, port: u16) {
@@ -90,12 +110,12 @@ impl State {
     pub fn set_runtime(&self, rt: Runtime) -> Flip {
         self.metrics.allowlist_entries.set(rt.allow.len() as i64);
         let rt = Arc::new(rt);
-        self.update(|cur| (rt.clone(), cur.observed.clone(), cur.fleet.clone()))
+        self.update(|cur| (rt.clone(), cur.observed.clone(), cur.fleet.clone(), cur.drained))
     }
 
     /// Applies a new observation of the toggle file.
     pub fn set_observed(&self, observed: Observed) -> Flip {
-        self.update(|cur| (cur.rt.clone(), observed, cur.fleet.clone()))
+        self.update(|cur| (cur.rt.clone(), observed, cur.fleet.clone(), cur.drained))
     }
 
     /// Applies the fleet source's latest word.
@@ -109,19 +129,19 @@ impl State {
             m.fleet_last_change
                 .set(t.duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64()));
         }
-        self.update(|cur| (cur.rt.clone(), cur.observed.clone(), Some(fleet)))
+        self.update(|cur| (cur.rt.clone(), cur.observed.clone(), Some(fleet), cur.drained))
     }
 
     /// Re-derives the view at the present moment (a window opened or closed).
     pub fn refresh(&self) -> Flip {
-        self.update(|cur| (cur.rt.clone(), cur.observed.clone(), cur.fleet.clone()))
+        self.update(|cur| (cur.rt.clone(), cur.observed.clone(), cur.fleet.clone(), cur.drained))
     }
 
-    fn update(&self, next: impl FnOnce(&Snapshot) -> (Arc<Runtime>, Observed, Option<FleetView>)) -> Flip {
+    fn update(&self, next: impl FnOnce(&Snapshot) -> Inputs) -> Flip {
         let _w = self.write.lock().unwrap_or_else(|p| p.into_inner());
         let cur = self.current.load();
-        let (rt, observed, fleet) = next(&cur);
-        let snap = Snapshot::derive(rt, observed, fleet);
+        let (rt, observed, fleet, drained) = next(&cur);
+        let snap = Snapshot::derive(rt, observed, fleet, drained);
         let flip = Flip {
             was: cur.maint.active,
             now: snap.maint.active,
@@ -130,7 +150,12 @@ impl State {
             self.metrics.set_maintenance(flip.now);
             self.metrics.toggle_flips.inc();
         }
+        let holding = snap.maint.active && snap.maint.paused;
         self.current.store(Arc::new(snap));
+        // After the store: a request that queues from now on sees the new snapshot.
+        if !holding {
+            self.holds.release_all();
+        }
         flip
     }
 }

@@ -32,6 +32,25 @@ pub struct ToggleContent {
     pub from: Option<jiff::Timestamp>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub until: Option<jiff::Timestamp>,
+    /// Safe methods (GET, HEAD, OPTIONS, TRACE) go to the app for everyone.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub read_only: bool,
+    /// Maintenance applies only under these path prefixes (whole segments).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub paths: Vec<String>,
+    /// Maintenance applies only to these hosts (`*.example.org`: one or more labels).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<String>,
+    /// Requests are held, not answered, until the pause ends.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub pause: bool,
+    /// How long a request is held at most (default 30 s); then the maintenance answer.
+    #[serde(skip_serializing_if = "Option::is_none", default, with = "retry_after_serde")]
+    pub max: Option<Duration>,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// Where the present moment lies relative to a toggle's window.
@@ -92,7 +111,24 @@ impl ToggleContent {
         if text.trim().is_empty() {
             return Ok(ToggleContent::default());
         }
-        toml::from_str(text).map_err(|e| e.message().to_string())
+        let c: ToggleContent = toml::from_str(text).map_err(|e| e.message().to_string())?;
+        c.check()?;
+        Ok(c)
+    }
+
+    /// What serde cannot say: a scope entry that could never match is a mistake.
+    pub fn check(&self) -> Result<(), String> {
+        for p in &self.paths {
+            if !p.starts_with('/') {
+                return Err(format!("paths: {p:?} does not start with '/'"));
+            }
+        }
+        for h in &self.hosts {
+            if !crate::paths::valid_host_pattern(h) {
+                return Err(format!("hosts: {h:?} is not a host name or *.domain"));
+            }
+        }
+        Ok(())
     }
 
     pub fn to_toml(&self) -> String {
@@ -172,6 +208,13 @@ pub fn write_atomic(path: &Path, content: &ToggleContent) -> io::Result<()> {
     fsutil::write_atomic(path, content.to_toml().as_bytes(), 0o644)
 }
 
+/// `<toggle>.drain`: while it exists, this instance's health check answers 503.
+pub fn drain_path(toggle: &Path) -> std::path::PathBuf {
+    let mut name = toggle.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    name.push(".drain");
+    toggle.with_file_name(name)
+}
+
 /// Removes the toggle; removing an absent toggle is not an error.
 pub fn remove(path: &Path) -> io::Result<()> {
     match fs::remove_file(path) {
@@ -192,6 +235,11 @@ mod tests {
             secret: Some("s3cret".into()),
             from: "2026-12-01T02:00:00Z".parse().ok(),
             until: "2026-12-01T03:30:00+01:00".parse().ok(),
+            read_only: true,
+            paths: vec!["/api/".into()],
+            hosts: vec!["*.example.org".into()],
+            pause: true,
+            max: Some(Duration::from_secs(45)),
         };
         assert!(
             c.to_toml().contains("until = \"2026-12-01T02:30:00Z\""),
@@ -206,6 +254,9 @@ mod tests {
         );
         assert!(ToggleContent::parse("message = ").is_err());
         assert!(ToggleContent::parse("colour = 1").is_err());
+        assert!(ToggleContent::parse("paths = [\"api\"]").is_err());
+        assert!(ToggleContent::parse("hosts = [\"a b\"]").is_err());
+        assert!(ToggleContent::parse("hosts = [\"*\"]").is_err());
     }
 
     #[test]

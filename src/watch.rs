@@ -93,6 +93,15 @@ impl ToggleWatch {
     fn check(&mut self, state: &State, cause: &str) {
         let path = state.snapshot().rt.config.maintenance.toggle.clone();
         self.rewatch(&path);
+        let drain = toggle::drain_path(&path);
+        let drained = drain.exists();
+        if state.set_drained(drained) {
+            tracing::info!(file = %drain.display(), cause, "{}", if drained {
+                "drained: /.gatekeeper/health answers 503"
+            } else {
+                "undrained: /.gatekeeper/health answers 200"
+            });
+        }
         let obs = toggle::observe(&path);
         // The snapshot holds the observation last applied: compare with it.
         let prev = &state.snapshot().observed;
@@ -143,6 +152,7 @@ pub fn watch_set(toggle: &Path) -> (HashSet<PathBuf>, HashSet<OsString>) {
         }
     };
     name_of(toggle);
+    name_of(&toggle::drain_path(toggle));
     if let Some(p) = toggle.parent() {
         name_of(p);
     }

@@ -120,6 +120,15 @@ fn maintenance(c: &mut Collector, m: &RawMaintenance, base: &Path) -> Maintenanc
         message: m.message.clone().unwrap_or_else(|| DEFAULT_MESSAGE.to_string()),
         bypass_paths,
         recheck,
+        acme: m.acme.unwrap_or(true),
+        max_held: match &m.max_held {
+            None => 10_000,
+            Some(n) => usize::try_from(*n.get_ref()).unwrap_or_else(|_| {
+                c.at(span(n), "maintenance.max_held", "must be 0 or more");
+                10_000
+            }),
+        },
+        announce: duration(c, &m.announce, "maintenance.announce", Duration::ZERO),
     }
 }
 
@@ -430,6 +439,7 @@ fn log(c: &mut Collector, l: &RawLog) -> Log {
         level,
         format,
         access: l.access.unwrap_or(true),
+        health: l.health.unwrap_or(false),
     }
 }
 

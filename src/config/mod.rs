@@ -132,6 +132,12 @@ pub struct Maintenance {
     pub bypass_paths: Vec<String>,
     /// Slow re-check of the toggle, in case an inotify event was missed.
     pub recheck: Duration,
+    /// `/.well-known/acme-challenge/` reaches the app during maintenance.
+    pub acme: bool,
+    /// Beyond this many held requests, the next gets the maintenance answer at once.
+    pub max_held: usize,
+    /// How long before a scheduled window `banner.js` announces it.
+    pub announce: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -179,6 +185,8 @@ pub struct Log {
     pub level: String,
     pub format: LogFormat,
     pub access: bool,
+    /// Access lines for `/.gatekeeper/health` too (a load balancer asks every few seconds).
+    pub health: bool,
 }
 
 impl Config {

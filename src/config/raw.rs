@@ -100,6 +100,9 @@ pub struct RawMaintenance {
     #[serde(default)]
     pub bypass_paths: Vec<S<String>>,
     pub recheck: Option<S<toml::Value>>,
+    pub acme: Option<bool>,
+    pub max_held: Option<S<i64>>,
+    pub announce: Option<S<toml::Value>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -142,4 +145,5 @@ pub struct RawLog {
     pub level: Option<S<String>>,
     pub format: Option<S<String>>,
     pub access: Option<bool>,
+    pub health: Option<bool>,
 }

@@ -764,15 +764,18 @@ mod tests {
         let t = p.template();
         for needle in [
             "{{message}}",
-            "{{retry_after}}",
+            "{{retry_after_human}}",
             "{{until}}",
             "We'll be right back",
-            "/style.css",
-            "/maintenance.svg",
+            "/.gatekeeper/page/style.css",
+            "/.gatekeeper/page/maintenance.svg",
+            // The one script: it reloads the page when maintenance ends; the
+            // message and the time are in the HTML for visitors without JavaScript.
+            "<script src=\"/.gatekeeper/refresh.js\" defer></script>",
         ] {
             assert!(t.contains(needle), "{needle}");
         }
-        assert!(!t.contains("<script"));
+        assert_eq!(t.matches("<script").count(), 1);
         assert!(!t.contains("http://") && !t.contains("https://"));
         assert!(p.asset("/style.css").is_some());
         assert_eq!(

@@ -23,5 +23,5 @@ mod respond;
 
 pub use load::{Asset, PageError, PageSet};
 pub use negotiate::prefers_json;
-pub use render::{human_until, render, render_at, Rendered};
-pub use respond::{asset_response, error_response, maintenance_response};
+pub use render::{human_duration, human_until, render, render_at, Rendered};
+pub use respond::{allow_origin, asset_response, error_response, maintenance_response, preflight_response};

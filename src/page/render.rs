@@ -23,8 +23,9 @@ pub struct Rendered {
     pub html_headers: http::HeaderMap,
 }
 
-/// Fills `{{message}}`, `{{retry_after}}` and `{{until}}` (empty when `None`)
-/// in the template. Message and `until` are HTML-escaped.
+/// Fills `{{message}}`, `{{retry_after}}`, `{{retry_after_human}}` and
+/// `{{until}}` (empty when `None`) in the template. Message and `until` are
+/// HTML-escaped.
 pub fn render(
     pages: &PageSet,
     message: &str,
@@ -45,6 +46,9 @@ pub fn render(
             rest = after;
         } else if let Some(after) = tail.strip_prefix("{{retry_after}}") {
             out.push_str(&retry_after_secs.to_string());
+            rest = after;
+        } else if let Some(after) = tail.strip_prefix("{{retry_after_human}}") {
+            out.push_str(&human_duration(retry_after_secs));
             rest = after;
         } else if let Some(after) = tail.strip_prefix("{{until}}") {
             escape_html_into(&mut out, until.unwrap_or(""));
@@ -84,6 +88,19 @@ pub fn human_until(t: jiff::Timestamp) -> String {
     t.strftime("%H:%M UTC on %Y-%m-%d").to_string()
 }
 
+/// 900 → "about 15 minutes": Retry-After for people. Rounded up, so a
+/// visitor is never told to come back too early.
+pub fn human_duration(secs: u64) -> String {
+    let up = |unit: u64| secs.div_ceil(unit);
+    match secs {
+        0..=59 => "less than a minute".to_string(),
+        60 => "about a minute".to_string(),
+        61..=5399 => format!("about {} minutes", up(60)),
+        5400..=129_599 => format!("about {} hours", up(3600)),
+        _ => format!("about {} days", up(86_400)),
+    }
+}
+
 /// HTML-escapes text for both element content and quoted attribute values.
 fn escape_html_into(out: &mut String, s: &str) {
     for c in s.chars() {
@@ -103,6 +120,26 @@ mod tests {
     use super::super::load::simple_pages;
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn human_durations() {
+        for (secs, want) in [
+            (0, "less than a minute"),
+            (59, "less than a minute"),
+            (60, "about a minute"),
+            (61, "about 2 minutes"),
+            (900, "about 15 minutes"),
+            (5399, "about 90 minutes"),
+            (5400, "about 2 hours"),
+            (7200, "about 2 hours"),
+            (86_400, "about 24 hours"),
+            (200_000, "about 3 days"),
+        ] {
+            assert_eq!(human_duration(secs), want, "{secs}");
+        }
+        let r = render(&simple_pages("{{retry_after_human}}"), "m", 900, None, None);
+        assert_eq!(std::str::from_utf8(&r.html).unwrap(), "about 15 minutes");
+    }
 
     #[test]
     fn render_escapes_and_fills() {
@@ -128,7 +165,7 @@ mod tests {
         let r = render(&PageSet::embedded(), "Upgrading <db>", 300, None, None);
         let html = std::str::from_utf8(&r.html).unwrap();
         assert!(html.contains("Upgrading &lt;db&gt;"));
-        assert!(html.contains("300"));
+        assert!(html.contains("about 5 minutes"));
         assert!(!html.contains("{{"));
     }
 

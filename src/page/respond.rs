@@ -2,7 +2,11 @@
 //! the proxy's small error pages.
 
 use bytes::Bytes;
-use http::header::{HeaderValue, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER, X_CONTENT_TYPE_OPTIONS};
+use http::header::{
+    HeaderValue, ACCESS_CONTROL_ALLOW_CREDENTIALS, ACCESS_CONTROL_ALLOW_HEADERS, ACCESS_CONTROL_ALLOW_METHODS,
+    ACCESS_CONTROL_ALLOW_ORIGIN, ACCESS_CONTROL_REQUEST_HEADERS, ACCESS_CONTROL_REQUEST_METHOD, CACHE_CONTROL,
+    CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER, VARY, X_CONTENT_TYPE_OPTIONS,
+};
 use http::{Method, Response, StatusCode};
 use http_body_util::Full;
 
@@ -115,6 +119,33 @@ pub fn error_response(status: StatusCode) -> Response<Full<Bytes>> {
         Bytes::from(html),
         &Method::GET,
     )
+}
+
+/// CORS on the maintenance answer: a single-page app calling the API reads
+/// the 503 and its JSON instead of a CORS error. The page holds nothing of
+/// the app, so any origin may read it, with credentials.
+pub fn allow_origin(h: &mut http::HeaderMap, origin: Option<&HeaderValue>) {
+    if let Some(o) = origin {
+        h.insert(ACCESS_CONTROL_ALLOW_ORIGIN, o.clone());
+        h.insert(ACCESS_CONTROL_ALLOW_CREDENTIALS, HeaderValue::from_static("true"));
+        h.append(VARY, HeaderValue::from_static("Origin"));
+    }
+}
+
+/// 204 to a CORS preflight that would get the maintenance answer: the method
+/// and headers asked for are allowed, so the real request goes out and reads the 503.
+pub fn preflight_response(req: &http::HeaderMap) -> Response<Full<Bytes>> {
+    let mut h = http::HeaderMap::with_capacity(8);
+    allow_origin(&mut h, req.get(http::header::ORIGIN));
+    if let Some(m) = req.get(ACCESS_CONTROL_REQUEST_METHOD) {
+        h.insert(ACCESS_CONTROL_ALLOW_METHODS, m.clone());
+    }
+    if let Some(hs) = req.get(ACCESS_CONTROL_REQUEST_HEADERS) {
+        h.insert(ACCESS_CONTROL_ALLOW_HEADERS, hs.clone());
+    }
+    h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(CONTENT_LENGTH, HeaderValue::from(0));
+    answer(StatusCode::NO_CONTENT, h, Bytes::new(), &Method::OPTIONS)
 }
 
 #[cfg(test)]
