@@ -50,6 +50,7 @@ pub fn spawn(state: Arc<State>, shutdown: CancellationToken) -> Result<Wake, not
             watcher,
             watched: HashSet::new(),
             names,
+            unreadable_warned: false,
         };
         let mut cause = "startup";
         loop {
@@ -87,6 +88,8 @@ struct ToggleWatch {
     watcher: RecommendedWatcher,
     watched: HashSet<PathBuf>,
     names: Names,
+    /// A read failure was logged and no read has succeeded since.
+    unreadable_warned: bool,
 }
 
 impl ToggleWatch {
@@ -96,6 +99,20 @@ impl ToggleWatch {
         let obs = toggle::observe(&path);
         // The snapshot holds the observation last applied: compare with it.
         let prev = &state.snapshot().observed;
+        if obs.unreadable() && prev.exists && !prev.unreadable() {
+            // A failed read (EMFILE under load, EIO) says nothing about the
+            // content: keep the last one read (message, secret, window) rather
+            // than fall back to the defaults, and look again next time.
+            if !self.unreadable_warned {
+                tracing::warn!(
+                    "{}; keeping the content last read",
+                    obs.warning.as_deref().unwrap_or("cannot read the toggle")
+                );
+                self.unreadable_warned = true;
+            }
+            return;
+        }
+        self.unreadable_warned = false;
         if prev.exists == obs.exists && prev.fingerprint == obs.fingerprint {
             return;
         }
