@@ -53,8 +53,16 @@ pub fn spawn(state: Arc<State>, shutdown: CancellationToken) -> Result<Wake, not
             unreadable_warned: false,
         };
         let mut cause = "startup";
+        let mut last_sweep: Option<std::time::Instant> = None;
         loop {
             t.check(&state, cause);
+            // At start and then at the re-check's pace (also when events keep it
+            // from ever timing out).
+            let recheck = state.snapshot().rt.config.maintenance.recheck;
+            if last_sweep.is_none_or(|s| s.elapsed() >= recheck) {
+                sweep_stale_temps(&state.snapshot().rt.config.maintenance.toggle);
+                last_sweep = Some(std::time::Instant::now());
+            }
             // A window boundary that passed (timer fired, or the clock jumped): re-derive now.
             let now = jiff::Timestamp::now();
             if state.snapshot().maint.next_boundary.is_some_and(|b| b <= now) {
@@ -63,7 +71,6 @@ pub fn spawn(state: Arc<State>, shutdown: CancellationToken) -> Result<Wake, not
                 flip.log(Via::Schedule { source }, "schedule", false);
             }
             let snap = state.snapshot();
-            let recheck = snap.rt.config.maintenance.recheck;
             // Sleep to the next window boundary, a hair past it so that it has surely passed.
             let boundary = snap.maint.next_boundary.map(|b| {
                 let ms = b.as_millisecond().saturating_sub(now.as_millisecond()).max(0);
@@ -79,6 +86,20 @@ pub fn spawn(state: Arc<State>, shutdown: CancellationToken) -> Result<Wake, not
         }
     });
     Ok(wake)
+}
+
+/// Removes the temporary files that a killed `gatekeeper on` (or a daemon killed
+/// while persisting the fleet state) left in the toggle's directory.
+fn sweep_stale_temps(toggle: &Path) {
+    let dir = fsutil::parent_dir(toggle);
+    match fsutil::remove_stale_temps(dir, fsutil::STALE_TEMP_AGE) {
+        Ok(removed) => {
+            for p in removed {
+                tracing::info!(file = %p.display(), "removed a stale temporary file left by an interrupted write");
+            }
+        }
+        Err(e) => tracing::debug!(dir = %dir.display(), error = %e, "cannot look for stale temporary files"),
+    }
 }
 
 /// File names whose events concern the toggle.
