@@ -3,7 +3,16 @@
 use std::fs;
 use std::io::{self, Write};
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+/// Name prefix of [`write_atomic`]'s temporary files.
+const TEMP_PREFIX: &str = ".gatekeeper-";
+
+/// A temporary file this old was abandoned: its writer (a `gatekeeper on`, the
+/// daemon persisting the fleet state) was killed between create and rename. A
+/// live write takes milliseconds.
+pub const STALE_TEMP_AGE: Duration = Duration::from_secs(60);
 
 /// The directory `path` lives in; `.` when it names none ("file", "/").
 pub fn parent_dir(path: &Path) -> &Path {
@@ -19,13 +28,38 @@ pub fn parent_dir(path: &Path) -> &Path {
 /// temporary file is removed.
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
     let mut tmp = tempfile::Builder::new()
-        .prefix(".gatekeeper-")
+        .prefix(TEMP_PREFIX)
         .tempfile_in(parent_dir(path))?;
     tmp.write_all(bytes)?;
     tmp.as_file().sync_all()?;
     tmp.as_file().set_permissions(fs::Permissions::from_mode(mode))?;
     tmp.persist(path).map_err(|e| e.error)?;
     Ok(())
+}
+
+/// Removes [`write_atomic`]'s temporary files in `dir` last modified more than
+/// `older_than` ago; returns the ones removed. Only regular files are touched
+/// (never what a symlink points to). Fails only when `dir` cannot be listed.
+pub fn remove_stale_temps(dir: &Path, older_than: Duration) -> io::Result<Vec<PathBuf>> {
+    let now = SystemTime::now();
+    let mut removed = Vec::new();
+    for entry in fs::read_dir(dir)? {
+        let Ok(entry) = entry else { continue };
+        if !entry.file_name().to_string_lossy().starts_with(TEMP_PREFIX) {
+            continue;
+        }
+        // DirEntry::metadata does not follow symlinks.
+        let Ok(meta) = entry.metadata() else { continue };
+        let old = meta
+            .modified()
+            .ok()
+            .and_then(|m| now.duration_since(m).ok())
+            .is_some_and(|age| age > older_than);
+        if meta.is_file() && old && fs::remove_file(entry.path()).is_ok() {
+            removed.push(entry.path());
+        }
+    }
+    Ok(removed)
 }
 
 #[cfg(test)]
@@ -58,6 +92,39 @@ mod tests {
             .collect::<io::Result<_>>()?;
         names.sort();
         assert_eq!(names, ["f", "sub"]);
+        Ok(())
+    }
+
+    #[test]
+    fn removes_only_old_temporary_files() -> io::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let at = |name: &str, age: u64| -> io::Result<PathBuf> {
+            let p = dir.path().join(name);
+            fs::File::create(&p)?.set_modified(SystemTime::now() - Duration::from_secs(age))?;
+            Ok(p)
+        };
+        let old = at(".gatekeeper-AbC123", 120)?;
+        at(".gatekeeper-fresh1", 0)?;
+        at("maintenance-mode-on", 120)?;
+        at(".other-old", 120)?;
+        fs::create_dir(dir.path().join(".gatekeeper-dir"))?;
+        std::os::unix::fs::symlink(&old, dir.path().join(".gatekeeper-link"))?;
+        assert_eq!(remove_stale_temps(dir.path(), STALE_TEMP_AGE)?, [old]);
+        let mut names: Vec<_> = fs::read_dir(dir.path())?
+            .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
+            .collect::<io::Result<_>>()?;
+        names.sort();
+        assert_eq!(
+            names,
+            [
+                ".gatekeeper-dir",
+                ".gatekeeper-fresh1",
+                ".gatekeeper-link",
+                ".other-old",
+                "maintenance-mode-on"
+            ]
+        );
+        assert!(remove_stale_temps(&dir.path().join("absent"), STALE_TEMP_AGE).is_err());
         Ok(())
     }
 }

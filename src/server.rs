@@ -67,6 +67,7 @@ pub async fn accept_loop(
     tls: Option<tokio_rustls::TlsAcceptor>,
 ) {
     let mut last_warning: Option<std::time::Instant> = None;
+    let mut last_full: Option<std::time::Instant> = None;
     loop {
         let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
@@ -89,9 +90,19 @@ pub async fn accept_loop(
         // the connection that needs it sits in another worker's queue. Each
         // worker holds at most this one connection waiting; the rest wait in the
         // kernel's backlog.
-        let permit = tokio::select! {
-            p = limit.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
-            _ = shutdown.cancelled() => return,
+        let permit = match limit.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => {
+                // Said at most once a minute: at capacity this would be every connection.
+                if last_full.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
+                    tracing::warn!("server.max_connections reached; new connections wait until one closes");
+                    last_full = Some(std::time::Instant::now());
+                }
+                tokio::select! {
+                    p = limit.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+                    _ = shutdown.cancelled() => return,
+                }
+            }
         };
         let _ = stream.set_nodelay(true);
         let state = state.clone();

@@ -145,8 +145,17 @@ pub struct Observed {
     pub content: ToggleContent,
     /// Why the content was not usable (the toggle still counts as on).
     pub warning: Option<String>,
-    /// Identity of what was read, to tell a real change from a repeated event.
+    /// Identity of what was read, to tell a real change from a repeated event;
+    /// None when the toggle exists but could not be read (see [`Observed::unreadable`]).
     pub fingerprint: Option<(u64, u64, Option<SystemTime>, Vec<u8>)>,
+}
+
+impl Observed {
+    /// The toggle exists but looking at it failed (out of file descriptors, an
+    /// I/O error, no permission): its content is unknown, not empty.
+    pub fn unreadable(&self) -> bool {
+        self.exists && self.fingerprint.is_none()
+    }
 }
 
 /// Looks at the toggle path, following symlinks. Any error other than
@@ -169,10 +178,14 @@ pub fn observe(path: &Path) -> Observed {
     let read = fs::File::open(path).and_then(|f| f.take(MAX_CONTENT).read_to_end(&mut bytes));
     let (content, warning) = match read {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Observed::default(),
-        Err(e) => (
-            ToggleContent::default(),
-            Some(format!("cannot read toggle {}: {e}", path.display())),
-        ),
+        Err(e) => {
+            return Observed {
+                exists: true,
+                since,
+                warning: Some(format!("cannot read toggle {}: {e}", path.display())),
+                ..Observed::default()
+            }
+        }
         Ok(_) => match std::str::from_utf8(&bytes)
             .map_err(|e| e.to_string())
             .and_then(ToggleContent::parse)
@@ -304,7 +317,13 @@ mod tests {
         fs::write(&p, "message = [")?;
         let o = observe(&p);
         assert!(o.exists && o.warning.is_some() && o.content == ToggleContent::default());
+        assert!(!o.unreadable());
         remove(&p)?;
+        // Read fails (a directory): on, content unknown.
+        fs::create_dir(&p)?;
+        let o = observe(&p);
+        assert!(o.unreadable() && o.warning.is_some(), "{o:?}");
+        fs::remove_dir(&p)?;
         remove(&p)?;
         assert!(!observe(&p).exists);
         assert!(!observe(&p.join("below-a-missing-file")).exists);

@@ -50,10 +50,19 @@ pub fn spawn(state: Arc<State>, shutdown: CancellationToken) -> Result<Wake, not
             watcher,
             watched: HashSet::new(),
             names,
+            unreadable_warned: false,
         };
         let mut cause = "startup";
+        let mut last_sweep: Option<std::time::Instant> = None;
         loop {
             t.check(&state, cause);
+            // At start and then at the re-check's pace (also when events keep it
+            // from ever timing out).
+            let recheck = state.snapshot().rt.config.maintenance.recheck;
+            if last_sweep.is_none_or(|s| s.elapsed() >= recheck) {
+                sweep_stale_temps(&state.snapshot().rt.config.maintenance.toggle);
+                last_sweep = Some(std::time::Instant::now());
+            }
             // A window boundary that passed (timer fired, or the clock jumped): re-derive now.
             let now = jiff::Timestamp::now();
             if state.snapshot().maint.next_boundary.is_some_and(|b| b <= now) {
@@ -62,7 +71,6 @@ pub fn spawn(state: Arc<State>, shutdown: CancellationToken) -> Result<Wake, not
                 flip.log(Via::Schedule { source }, "schedule", false);
             }
             let snap = state.snapshot();
-            let recheck = snap.rt.config.maintenance.recheck;
             // Sleep to the next window boundary, a hair past it so that it has surely passed.
             let boundary = snap.maint.next_boundary.map(|b| {
                 let ms = b.as_millisecond().saturating_sub(now.as_millisecond()).max(0);
@@ -80,6 +88,20 @@ pub fn spawn(state: Arc<State>, shutdown: CancellationToken) -> Result<Wake, not
     Ok(wake)
 }
 
+/// Removes the temporary files that a killed `gatekeeper on` (or a daemon killed
+/// while persisting the fleet state) left in the toggle's directory.
+fn sweep_stale_temps(toggle: &Path) {
+    let dir = fsutil::parent_dir(toggle);
+    match fsutil::remove_stale_temps(dir, fsutil::STALE_TEMP_AGE) {
+        Ok(removed) => {
+            for p in removed {
+                tracing::info!(file = %p.display(), "removed a stale temporary file left by an interrupted write");
+            }
+        }
+        Err(e) => tracing::debug!(dir = %dir.display(), error = %e, "cannot look for stale temporary files"),
+    }
+}
+
 /// File names whose events concern the toggle.
 type Names = Arc<Mutex<HashSet<OsString>>>;
 
@@ -87,6 +109,8 @@ struct ToggleWatch {
     watcher: RecommendedWatcher,
     watched: HashSet<PathBuf>,
     names: Names,
+    /// A read failure was logged and no read has succeeded since.
+    unreadable_warned: bool,
 }
 
 impl ToggleWatch {
@@ -105,6 +129,20 @@ impl ToggleWatch {
         let obs = toggle::observe(&path);
         // The snapshot holds the observation last applied: compare with it.
         let prev = &state.snapshot().observed;
+        if obs.unreadable() && prev.exists && !prev.unreadable() {
+            // A failed read (EMFILE under load, EIO) says nothing about the
+            // content: keep the last one read (message, secret, window) rather
+            // than fall back to the defaults, and look again next time.
+            if !self.unreadable_warned {
+                tracing::warn!(
+                    "{}; keeping the content last read",
+                    obs.warning.as_deref().unwrap_or("cannot read the toggle")
+                );
+                self.unreadable_warned = true;
+            }
+            return;
+        }
+        self.unreadable_warned = false;
         if prev.exists == obs.exists && prev.fingerprint == obs.fingerprint {
             return;
         }
