@@ -51,20 +51,7 @@ pub fn strip(headers: &mut HeaderMap, keep_upgrade: bool) {
     // Connection is HOP_HEADERS[0]: the names it lists go too, but for the
     // tokens that are not header names in practice.
     if present & 1 != 0 && !plain_connection(headers) {
-        let named: Vec<HeaderName> = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(str::trim)
-            .filter(|t| !t.eq_ignore_ascii_case("keep-alive") && !t.eq_ignore_ascii_case("close"))
-            .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
-            .collect();
-        for name in named {
-            if !(keep_upgrade && name == header::UPGRADE) {
-                headers.remove(&name);
-            }
-        }
+        remove_connection_named(headers, keep_upgrade);
     }
     for (i, name) in HOP_HEADERS.iter().enumerate() {
         if present & (1 << i) != 0 {
@@ -73,6 +60,25 @@ pub fn strip(headers: &mut HeaderMap, keep_upgrade: bool) {
     }
     if present & UPGRADE_BIT != 0 {
         headers.remove(header::UPGRADE);
+    }
+}
+
+/// Removes the headers a Connection header names (but its `keep-alive` and
+/// `close` tokens, which are not header names in practice).
+fn remove_connection_named(headers: &mut HeaderMap, keep_upgrade: bool) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|t| !t.eq_ignore_ascii_case("keep-alive") && !t.eq_ignore_ascii_case("close"))
+        .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
+        .collect();
+    for name in named {
+        if !(keep_upgrade && name == header::UPGRADE) {
+            headers.remove(&name);
+        }
     }
 }
 
@@ -167,20 +173,7 @@ mod tests {
 
     /// The plain definition, a removal per name: `strip` must agree with it.
     fn strip_naive(headers: &mut HeaderMap, keep_upgrade: bool) {
-        let named: Vec<HeaderName> = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(str::trim)
-            .filter(|t| !t.eq_ignore_ascii_case("keep-alive") && !t.eq_ignore_ascii_case("close"))
-            .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
-            .collect();
-        for name in named {
-            if !(keep_upgrade && name == header::UPGRADE) {
-                headers.remove(&name);
-            }
-        }
+        remove_connection_named(headers, keep_upgrade);
         for name in &HOP_HEADERS {
             headers.remove(name);
         }

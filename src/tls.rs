@@ -1237,15 +1237,45 @@ mod tests {
 
     // ---- hot reload ----
 
-    #[tokio::test]
-    async fn reload_after_rename_serves_the_new_cert_and_keeps_connections() {
+    /// A store serving one pair for s.test, and a connection established to it.
+    struct Served {
+        /// Kept: the pair's files live in it.
+        _dir: TempDir,
+        ca: Ca,
+        old: Issued,
+        spec: CertFiles,
+        store: Arc<CertStore>,
+        addr: std::net::SocketAddr,
+    }
+
+    async fn served() -> (Served, tokio_rustls::client::TlsStream<tokio::net::TcpStream>) {
         let dir = TempDir::new().unwrap();
         let ca = Ca::new();
         let old = ca.issue(&["s.test"], P256);
         let spec = write_pair(dir.path(), "site", &[], &old);
         let store = CertStore::load(std::slice::from_ref(&spec)).unwrap();
         let addr = serve(Arc::clone(&store)).await;
-        let mut established = connect(addr, ca.roots(), "s.test", &DEFAULT_CLIENT).await;
+        let established = connect(addr, ca.roots(), "s.test", &DEFAULT_CLIENT).await;
+        (
+            Served {
+                _dir: dir,
+                ca,
+                old,
+                spec,
+                store,
+                addr,
+            },
+            established,
+        )
+    }
+
+    #[tokio::test]
+    async fn reload_after_rename_serves_the_new_cert_and_keeps_connections() {
+        let (srv, mut established) = served().await;
+        let Served {
+            ca, old, spec, store, ..
+        } = &srv;
+        let addr = srv.addr;
         assert_eq!(leaf(&established), old.leaf);
 
         // Unchanged files: a no-op reload.
@@ -1304,13 +1334,11 @@ mod tests {
 
     #[tokio::test]
     async fn broken_reload_keeps_the_old_cert() {
-        let dir = TempDir::new().unwrap();
-        let ca = Ca::new();
-        let old = ca.issue(&["s.test"], P256);
-        let spec = write_pair(dir.path(), "site", &[], &old);
-        let store = CertStore::load(std::slice::from_ref(&spec)).unwrap();
-        let addr = serve(Arc::clone(&store)).await;
-        let mut established = connect(addr, ca.roots(), "s.test", &DEFAULT_CLIENT).await;
+        let (srv, mut established) = served().await;
+        let Served {
+            ca, old, spec, store, ..
+        } = &srv;
+        let addr = srv.addr;
 
         // Half-done renewal: new cert, old key.
         let new = ca.issue(&["s.test"], P256);
