@@ -7,13 +7,6 @@ use std::path::Path;
 
 const UP: &str = "http://127.0.0.1:9";
 
-fn stdout(o: &std::process::Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-fn stderr(o: &std::process::Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
 /// Writes `text` as the config and runs `gatekeeper check -c <abs path>`.
 fn check_text(fx: &Fixture, text: &str) -> (String, std::process::Output) {
     let p = fx.config_path();

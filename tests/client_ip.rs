@@ -5,22 +5,13 @@ mod common;
 use common::*;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-struct Env {
-    fx: Fixture,
-    up: Upstream,
-    gk: Gatekeeper,
-}
-
 fn start(maintenance: bool, edit: impl FnOnce(&Fixture, &mut Config)) -> Env {
-    let fx = Fixture::new();
-    if maintenance {
-        fx.toggle_on();
-    }
-    let up = Upstream::start();
-    let mut c = fx.config(&up.url());
-    edit(&fx, &mut c);
-    let gk = Gatekeeper::start(&fx, &c);
-    Env { fx, up, gk }
+    Env::start(|fx, c| {
+        if maintenance {
+            fx.toggle_on();
+        }
+        edit(fx, c);
+    })
 }
 
 static CASE: AtomicUsize = AtomicUsize::new(0);

@@ -15,7 +15,6 @@ use common::*;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 const KEY: &str = "/gatekeeper/maintenance";
@@ -23,11 +22,6 @@ const KEY: &str = "/gatekeeper/maintenance";
 const FLIP_BOUND: Duration = Duration::from_secs(1);
 /// Generous bound for things that wait on a reconnect backoff (at most 2 s) or etcd's own start.
 const RECONNECT_BOUND: Duration = Duration::from_secs(10);
-
-fn serial() -> MutexGuard<'static, ()> {
-    static SERIAL: Mutex<()> = Mutex::new(());
-    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 // ---------------------------------------------------------------------------
 // etcd
@@ -461,10 +455,6 @@ fn gk_timed(args: &[&str]) -> (Output, Duration) {
     let t0 = Instant::now();
     let o = gk(args);
     (o, t0.elapsed())
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
 // ---------------------------------------------------------------------------

@@ -16,7 +16,7 @@ use std::net::{IpAddr, Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -32,13 +32,6 @@ const MARKER: &str = "GK-HARDENING-MAINTENANCE-PAGE";
 const UP_BODY: &[u8] = b"upstream:/load";
 const ALLOWED: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
 const DENIED: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 3));
-
-/// The tests in this file measure time and memory: run them one at a time.
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 fn long() -> bool {
     std::env::var("GATEKEEPER_LONG").is_ok_and(|v| v == "1")
@@ -1291,26 +1284,6 @@ fn payload() -> Bytes {
         i += 1;
     }
     Bytes::from(v)
-}
-
-/// Lifts this process's soft RLIMIT_NOFILE to the hard limit; returns the new soft limit.
-fn raise_nofile() -> u64 {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: plain syscalls on a stack value.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
-            return 0;
-        }
-        if lim.rlim_cur < lim.rlim_max {
-            lim.rlim_cur = lim.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-            libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
-        }
-    }
-    lim.rlim_cur
 }
 
 fn mib(kib: u64) -> f64 {

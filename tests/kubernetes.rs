@@ -8,10 +8,11 @@
 //! scalars, `{}`) and read by the small parser below, which rejects anything
 //! else rather than guess.
 
+mod common;
+use common::{show, BIN};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-const BIN: &str = env!("CARGO_BIN_EXE_gatekeeper");
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 const CONFIG_KEY: &str = "gatekeeper.toml";
 const TOGGLE_KEY: &str = "maintenance-mode-on";
@@ -588,15 +589,6 @@ fn run(args: &[&str]) -> Output {
         .env_remove("RUST_LOG")
         .output()
         .expect("run gatekeeper")
-}
-
-fn show(o: &Output) -> String {
-    format!(
-        "exit {:?}\n{}{}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
 }
 
 // ---------------------------------------------------------------------------

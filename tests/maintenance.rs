@@ -12,12 +12,6 @@ const CSS: &str = "p.m { color: #c00 }\n";
 const SVG: &str = "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"1\" height=\"1\"/>\n";
 const SECRET: &str = "TOP-SECRET-CONTENT";
 
-struct Env {
-    fx: Fixture,
-    up: Upstream,
-    gk: Gatekeeper,
-}
-
 fn expected_page() -> String {
     TEMPLATE.replace("{{message}}", ESCAPED)
 }
@@ -38,12 +32,10 @@ fn start_with(on: bool, edit: impl FnOnce(&Fixture, &mut Config)) -> Env {
     if on {
         std::fs::write(fx.toggle(), format!("message = {}\n", q(MESSAGE))).unwrap();
     }
-    let up = Upstream::start();
-    let mut c = fx.config(&up.url());
-    c.set("maintenance.dir", &q(fx.path("static").to_str().unwrap()));
-    edit(&fx, &mut c);
-    let gk = Gatekeeper::start(&fx, &c);
-    Env { fx, up, gk }
+    Env::launch(fx, Upstream::start(), |fx, _, c| {
+        c.set("maintenance.dir", &q(fx.path("static").to_str().unwrap()));
+        edit(fx, c);
+    })
 }
 
 fn start() -> Env {
@@ -166,19 +158,11 @@ async fn retry_after_from_the_toggle() {
     let env = start();
     std::fs::write(env.fx.toggle(), "message = \"soon\"\nretry_after = \"2m\"\n").unwrap();
     let mut c = Conn::open(LOCALHOST, env.gk.addr).await;
-    let t0 = std::time::Instant::now();
-    loop {
-        let r = c.get("/").await;
-        if r.header("retry-after") == Some("120") {
-            break;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(3),
-            "Retry-After never became 120: {:?}",
-            r.headers
-        );
-        tokio::time::sleep(Duration::from_millis(3)).await;
-    }
+    let r = until_resp(&mut c, "/", Duration::from_secs(3), |r| {
+        r.header("retry-after") == Some("120")
+    })
+    .await;
+    assert!(r.is_some(), "Retry-After never became 120\n{}", env.gk.log());
     let r = c.get_with("/", &[("accept", "application/json")]).await;
     assert_eq!(
         r.json(),

@@ -7,10 +7,11 @@
 //! `systemd`; the tests fail, not skip, when it is missing.
 
 use std::collections::BTreeSet;
+mod common;
+use common::{show, BIN};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-const BIN: &str = env!("CARGO_BIN_EXE_gatekeeper");
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
 /// Where the unit and the image put the binary, the config and the toggle.
@@ -21,15 +22,6 @@ const TOGGLE_DIR: &str = "/var/lib/gatekeeper";
 fn read(rel: &str) -> String {
     let p = Path::new(ROOT).join(rel);
     std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
-}
-
-fn show(o: &Output) -> String {
-    format!(
-        "exit: {:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
 }
 
 // ---------------------------------------------------------------------------

@@ -11,19 +11,10 @@ const MIB: u64 = 1024 * 1024;
 /// Peak RSS allowed for the daemon while moving 100 MiB.
 const RSS_LIMIT_KIB: u64 = 60 * 1024;
 
-struct Env {
-    fx: Fixture,
-    up: Upstream,
-    gk: Gatekeeper,
-}
-
 fn start_with(edit: impl FnOnce(&Fixture, &Upstream, &mut Config)) -> Env {
     let fx = Fixture::new();
     let up = Upstream::start_with_unix(&fx.path("app.sock"));
-    let mut c = fx.config(&up.url());
-    edit(&fx, &up, &mut c);
-    let gk = Gatekeeper::start(&fx, &c);
-    Env { fx, up, gk }
+    Env::launch(fx, up, edit)
 }
 
 fn start() -> Env {

@@ -1,12 +1,20 @@
-//! Slow and greedy clients, against a sync-worker stand-in app (8 threads,
-//! one connection each at a time, `Connection: close`; tests/support/syncapp.rs).
+//! Slow and greedy clients, and the buffering that shields the app from them
+//! (`[buffering]`, on by default).
+//!
+//! * Buffering, against the in-process upstream: the request body is
+//!   complete before the upstream is contacted, a 64 MiB upload and a 64 MiB
+//!   answer are spooled (not held in RAM), and with request buffering off
+//!   bytes still flow as they arrive.
+//!
+//! The rest runs against a sync-worker stand-in app (8 threads, one
+//! connection each at a time, `Connection: close`; tests/common/syncapp.rs):
 //!
 //! * slowhttptest (slowloris `-H`, slow body `-B`, slow read `-X`) with 2,000
 //!   connections per mode while a probe sends ordinary requests: at least
 //!   99 % of the probes get 200, and none of the slow requests holds a worker.
 //!   A control run shows the same attacks, aimed at the app directly (or
 //!   through gatekeeper with the matching buffering switch off), do starve it.
-//! * Buffering evidence tests/buffering.rs leaves out: a slow *chunked*
+//! * Buffering evidence against the sync app: a slow *chunked*
 //!   upload reaches the app (not even its head) only once complete; with both
 //!   switches off the first chunk reaches the app before the rest is sent; a
 //!   reader that stalls on (or abandons) a 64 MiB answer does not hold the
@@ -24,21 +32,23 @@
 //! slowhttptest must be installed (Debian package `slowhttptest`); without it
 //! the slowhttptest tests fail, unless GATEKEEPER_SKIP_SLOWHTTPTEST=1.
 mod common;
-#[path = "support/syncapp.rs"]
-mod syncapp;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::syncapp::{probe_once, Probe, ProbeReport, SyncApp};
 use common::*;
-use syncapp::{probe_once, Probe, ProbeReport, SyncApp};
+use http_body_util::BodyExt;
+use tokio::io::AsyncWriteExt as _;
 
 const MIB: u64 = 1024 * 1024;
+/// The daemon's peak RSS while it moves 64 MiB bodies.
+const RSS_LIMIT_KIB: u64 = 60 * 1024;
 /// The stand-in app's worker pool.
 const WORKERS: usize = 8;
 /// slowhttptest connections per mode.
@@ -53,7 +63,7 @@ const SLOW_SECS: u64 = 12;
 /// the host-wide TCP memory limit, tcp_mem, is ~2 GiB here), so 2,000 slow
 /// readers of 1 MiB would put 2+ GiB in kernel buffers and stall every TCP
 /// socket on the machine. 128 KiB is still eight times what the app's socket
-/// buffers hold ([`syncapp::APP_SNDBUF`]): aimed at the app directly it holds
+/// buffers hold ([`common::syncapp::APP_SNDBUF`]): aimed at the app directly it holds
 /// a worker. The 8 MiB case (beyond any kernel buffer) runs at small scale in
 /// `slow_clients_starve_the_app_unless_gatekeeper_buffers`.
 const SLOW_READ_BYTES: u64 = 128 * 1024;
@@ -65,24 +75,17 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 /// "Has not happened" checks need a fixed observation window.
 const ABSENCE: Duration = Duration::from_millis(400);
 
-/// Tests that move many MiB or hold thousands of sockets run one at a time,
-/// so that one does not skew another's latency figures on a small machine.
-fn heavy() -> MutexGuard<'static, ()> {
-    static HEAVY: Mutex<()> = Mutex::new(());
-    HEAVY.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 // ---------------------------------------------------------------------------
 // Setup helpers
 // ---------------------------------------------------------------------------
 
-struct Env {
+struct AppEnv {
     fx: Fixture,
     app: SyncApp,
     gk: Gatekeeper,
 }
 
-impl Env {
+impl AppEnv {
     fn spool(&self) -> PathBuf {
         self.fx.path("spool")
     }
@@ -107,7 +110,7 @@ impl Env {
     }
 }
 
-fn start_env(workers: usize, edit: impl FnOnce(&mut Config)) -> Env {
+fn start_env(workers: usize, edit: impl FnOnce(&mut Config)) -> AppEnv {
     let app = SyncApp::start(workers);
     let fx = Fixture::new();
     std::fs::create_dir(fx.path("spool")).unwrap();
@@ -117,7 +120,7 @@ fn start_env(workers: usize, edit: impl FnOnce(&mut Config)) -> Env {
     c.set("log.access", "false");
     edit(&mut c);
     let gk = Gatekeeper::start(&fx, &c);
-    Env { fx, app, gk }
+    AppEnv { fx, app, gk }
 }
 
 fn dir_entries(dir: &Path) -> usize {
@@ -150,26 +153,6 @@ fn rss_kib(pid: u32) -> u64 {
                 .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         })
         .unwrap_or(0)
-}
-
-/// Raises this process's RLIMIT_NOFILE soft limit to the hard limit (children
-/// such as slowhttptest inherit it); returns the new soft limit.
-fn raise_nofile() -> u64 {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
-            return 1024;
-        }
-        if lim.rlim_cur < lim.rlim_max {
-            lim.rlim_cur = lim.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-            libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
-        }
-    }
-    lim.rlim_cur
 }
 
 /// Samples a process's VmRSS and open descriptors every 100 ms.
@@ -463,7 +446,7 @@ fn affordable_conns(want: usize) -> usize {
 #[test]
 fn slowhttptest_2000_connections_three_modes_probes_get_200() {
     let Some(bin) = slowhttptest() else { return };
-    let _g = heavy();
+    let _g = serial();
     let conns = affordable_conns(SLOW_CONNS);
     let env = start_env(WORKERS, |_| {});
     let out = env.fx.path("slowhttptest");
@@ -752,6 +735,202 @@ fn slow_clients_starve_the_app_unless_gatekeeper_buffers() {
 }
 
 // ---------------------------------------------------------------------------
+// Buffering, with the in-process upstream
+// ---------------------------------------------------------------------------
+
+/// The in-process upstream behind a daemon that spools into `<fixture>/spool`.
+fn start_with(edit: impl FnOnce(&Fixture, &mut Config)) -> Env {
+    Env::start(|fx, c| {
+        std::fs::create_dir(fx.path("spool")).unwrap();
+        c.set("buffering.dir", &q(fx.path("spool").to_str().unwrap()));
+        edit(fx, c);
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_body_is_complete_before_the_upstream_is_contacted() {
+    let env = start_with(|_, _| {});
+    let mut s = connect_from(LOCALHOST, env.gk.addr).await.unwrap();
+    s.write_all(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nhello")
+        .await
+        .unwrap();
+    tokio::time::sleep(ABSENCE).await;
+    assert!(
+        env.up.uris().is_empty(),
+        "upstream contacted before the body was complete"
+    );
+    s.write_all(b"world").await.unwrap();
+    let r = read_raw_response(&mut s, false).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let e = Echo::parse(&r.body);
+    assert_eq!((e.body_len, e.body_fnv.as_str()), (10, fnv_hex(b"helloworld").as_str()));
+    // the upstream got a plain Content-Length body
+    assert_eq!(e.all("content-length"), vec!["10"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn buffered_upload_64mib_bounded_memory() {
+    let env = start_with(|_, _| {});
+    let n = 64 * MIB;
+    let expect = tokio::task::spawn_blocking(move || pattern_fnv(n));
+    let mut c = Conn::open(LOCALHOST, env.gk.addr).await;
+    let r = c
+        .send("PUT", "/echo", &[("content-length", &n.to_string())], pattern_body(n))
+        .await;
+    let e = r.echo();
+    assert_eq!((e.body_len, e.body_fnv), (n, expect.await.unwrap()));
+    let hwm = env.gk.vm_hwm_kib();
+    eprintln!("64 MiB buffered upload: daemon VmHWM {hwm} KiB");
+    assert!(hwm < RSS_LIMIT_KIB, "daemon peak RSS {hwm} KiB: body held in memory?");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn body_over_max_body_gets_413() {
+    let env = start_with(|_, c| {
+        c.set("buffering.max_body", &q("1MiB"));
+    });
+    // Content-Length says so: 413 at once, without sending the body
+    let mut s = connect_from(LOCALHOST, env.gk.addr).await.unwrap();
+    s.write_all(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 2097152\r\n\r\n")
+        .await
+        .unwrap();
+    let t0 = Instant::now();
+    let r = read_raw_response(&mut s, false).await;
+    assert_eq!(r.status, 413);
+    assert!(t0.elapsed() < Duration::from_secs(2));
+
+    // chunked body that grows past the limit
+    let mut s = connect_from(LOCALHOST, env.gk.addr).await.unwrap();
+    s.write_all(b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+        .await
+        .unwrap();
+    let (mut rd, mut wr) = s.into_split();
+    let writer = tokio::spawn(async move {
+        let chunk = vec![b'a'; 64 * 1024];
+        for _ in 0..24 {
+            let head = format!("{:x}\r\n", chunk.len());
+            if wr.write_all(head.as_bytes()).await.is_err()
+                || wr.write_all(&chunk).await.is_err()
+                || wr.write_all(b"\r\n").await.is_err()
+            {
+                return;
+            }
+        }
+        let _ = wr.write_all(b"0\r\n\r\n").await;
+    });
+    let mut buf = Vec::new();
+    let status = tokio::time::timeout(Duration::from_secs(5), async {
+        use tokio::io::AsyncReadExt;
+        let mut tmp = [0u8; 4096];
+        loop {
+            if let Some((r, _)) = parse_response(&buf, false, false) {
+                return r.status;
+            }
+            match rd.read(&mut tmp).await {
+                Ok(0) | Err(_) => return parse_response(&buf, false, true).map(|x| x.0.status).unwrap_or(0),
+                Ok(n) => buf.extend_from_slice(&tmp[..n]),
+            }
+        }
+    })
+    .await
+    .expect("answer within 5 s");
+    assert_eq!(status, 413);
+    let _ = writer.await;
+    assert!(
+        env.up.uris().is_empty(),
+        "oversized bodies reached the upstream: {:?}",
+        env.up.uris()
+    );
+
+    // exactly max_body is fine
+    let n = MIB;
+    let r = request(
+        LOCALHOST,
+        env.gk.addr,
+        "PUT",
+        "/echo",
+        &[("content-length", &n.to_string())],
+        pattern_body(n),
+    )
+    .await;
+    assert_eq!(r.echo().body_len, n);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_client_does_not_hold_the_upstream() {
+    let env = start_with(|_, _| {});
+    let n = 64 * MIB;
+    let target = format!("/download?bytes={n}");
+    let expect = tokio::task::spawn_blocking(move || pattern_fnv(n));
+    let mut c = Conn::open(LOCALHOST, env.gk.addr).await;
+    let resp = c
+        .request_streaming(build_request("GET", &target, &[], empty()))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    // the client reads nothing; the daemon must still take everything
+    assert!(
+        eventually(Duration::from_secs(10), || env.up.downloads_done().contains(&target)),
+        "upstream still held by a client that does not read\n{}",
+        env.gk.log()
+    );
+    let hwm = env.gk.vm_hwm_kib();
+    let mut body = resp.into_body();
+    let mut f = Fnv::default();
+    let mut len = 0u64;
+    while let Some(fr) = body.frame().await {
+        if let Some(d) = fr.unwrap().data_ref() {
+            len += d.len() as u64;
+            f.update(d);
+        }
+    }
+    assert_eq!((len, f.hex()), (n, expect.await.unwrap()));
+    eprintln!("64 MiB spooled response: daemon VmHWM {hwm} KiB");
+    assert!(
+        hwm < RSS_LIMIT_KIB,
+        "daemon peak RSS {hwm} KiB: response held in memory?"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn x_accel_buffering_no_is_relayed_unbuffered() {
+    let env = start_with(|_, _| {});
+    let n = 64 * MIB;
+    let target = format!("/download?bytes={n}&accel=no");
+    let mut c = Conn::open(LOCALHOST, env.gk.addr).await;
+    let resp = c
+        .request_streaming(build_request("GET", &target, &[], empty()))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    tokio::time::sleep(ABSENCE).await;
+    assert!(
+        !env.up.downloads_done().contains(&target),
+        "X-Accel-Buffering: no answer was buffered anyway"
+    );
+    let (mut len, mut f) = (0u64, Fnv::default());
+    let mut body = resp.into_body();
+    while let Some(fr) = body.frame().await {
+        if let Some(d) = fr.unwrap().data_ref() {
+            len += d.len() as u64;
+            f.update(d);
+        }
+    }
+    assert_eq!((len, f.hex()), (n, pattern_fnv(n)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn buffered_responses_still_flow_as_they_arrive() {
+    let env = start_with(|_, c| {
+        c.set("buffering.requests", "false");
+    });
+    let mut c = Conn::open(LOCALHOST, env.gk.addr).await;
+    stream_echo_rounds(&mut c, 10, Duration::from_secs(3))
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", env.gk.log()));
+}
+
+// ---------------------------------------------------------------------------
 // Buffering, with the sync app as upstream, and temporary files
 // ---------------------------------------------------------------------------
 
@@ -847,7 +1026,7 @@ fn both_switches_off_the_first_chunk_reaches_the_app_before_the_rest() {
 }
 
 /// GET /big?bytes=64MiB, read only the head, then stop reading.
-fn stalled_download(env: &Env, target: &str) -> (TcpStream, Vec<u8>) {
+fn stalled_download(env: &AppEnv, target: &str) -> (TcpStream, Vec<u8>) {
     let mut s = connect(env.gk.addr);
     s.write_all(format!("GET {target} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
         .unwrap();
@@ -858,7 +1037,7 @@ fn stalled_download(env: &Env, target: &str) -> (TcpStream, Vec<u8>) {
 
 #[test]
 fn a_reader_that_stalls_on_64mib_does_not_hold_the_worker() {
-    let _g = heavy();
+    let _g = serial();
     let env = start_env(2, |_| {});
     let n = 64 * MIB;
     let target = format!("/big?bytes={n}");
@@ -958,7 +1137,7 @@ fn oversized_bodies_get_413_never_reach_the_app_and_leave_no_temp_file() {
 
 #[test]
 fn x_accel_buffering_no_is_relayed_unbuffered_without_temp_files() {
-    let _g = heavy();
+    let _g = serial();
     let env = start_env(2, |_| {});
     let n = 64 * MIB;
     let target = format!("/big?bytes={n}&accel=no");

@@ -6,7 +6,7 @@ mod common;
 use common::*;
 
 use std::net::{IpAddr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -67,13 +67,6 @@ impl Ca {
             der: cert.der().clone(),
         }
     }
-}
-
-/// Replaces `path` the way certbot and config management do: temp file + rename.
-fn replace(path: &Path, content: &str) {
-    let tmp = path.with_extension("tmp-new");
-    std::fs::write(&tmp, content).unwrap();
-    std::fs::rename(&tmp, path).unwrap();
 }
 
 // ---------------------------------------------------------------------------
@@ -232,14 +225,6 @@ impl Site {
     }
 }
 
-fn https(gk: &Gatekeeper) -> SocketAddr {
-    gk.listeners
-        .iter()
-        .find(|(_, kind)| kind == "https")
-        .unwrap_or_else(|| panic!("no https listener: {:?}\n{}", gk.listeners, gk.log()))
-        .0
-}
-
 // ---------------------------------------------------------------------------
 // Tests
 // ---------------------------------------------------------------------------
@@ -249,7 +234,7 @@ async fn handshake_versions_and_alpn() {
     let site = Site::new();
     let up = Upstream::start();
     let gk = Gatekeeper::start(&site.fx, &site.config(&up.url()));
-    let addr = https(&gk);
+    let addr = gk.listener("https");
     assert_ne!(addr, gk.addr);
 
     // Default client: TLS 1.3, h2 chosen, full chain sent, verified for "localhost".
@@ -310,7 +295,7 @@ async fn h2_over_tls_is_proxied_with_forwarded_proto_https() {
     let site = Site::new();
     let up = Upstream::start();
     let gk = Gatekeeper::start(&site.fx, &site.config(&up.url()));
-    let addr = https(&gk);
+    let addr = gk.listener("https");
 
     let mut tx = h2_over(handshake(addr, &site.ca, "localhost").await).await;
     // A spoofed X-Forwarded-Proto from an untrusted client is replaced.
@@ -363,7 +348,7 @@ async fn h2_over_tls_during_maintenance_page_assets_and_bypass() {
     let mut cfg = site.config(&up.url());
     cfg.set("clients.allow", &arr(&["127.0.0.2"]));
     let gk = Gatekeeper::start(&site.fx, &cfg);
-    let addr = https(&gk);
+    let addr = gk.listener("https");
     let mut tx = h2_over(handshake(addr, &site.ca, "localhost").await).await;
 
     let r = h2_send(&mut tx, "GET", "/some/page", &[]).await;
@@ -425,7 +410,7 @@ async fn certificate_rotation_by_rename() {
     let site = Site::new();
     let up = Upstream::start();
     let gk = Gatekeeper::start(&site.fx, &site.config(&up.url()));
-    let addr = https(&gk);
+    let addr = gk.listener("https");
     let tls = handshake(addr, &site.ca, "localhost").await;
     assert_eq!(leaf_of(&tls), site.leaf.der);
     let mut old_h2 = h2_over(tls).await;
@@ -478,7 +463,7 @@ async fn broken_certificate_is_refused_on_reload() {
     let site = Site::new();
     let up = Upstream::start();
     let gk = Gatekeeper::start(&site.fx, &site.config(&up.url()));
-    let addr = https(&gk);
+    let addr = gk.listener("https");
     let mut established = h2_over(handshake(addr, &site.ca, "localhost").await).await;
     let key = site.key.display().to_string();
     let cert = site.cert.display().to_string();
@@ -671,7 +656,7 @@ async fn sni_selects_among_tls_certs() {
     }
     let path = fx.write("gatekeeper.toml", &text);
     let gk = Gatekeeper::start_with_path(&path);
-    let addr = https(&gk);
+    let addr = gk.listener("https");
     for (sni, want) in [
         ("a.test", &a),
         ("b.test", &b),
@@ -722,7 +707,7 @@ async fn redirect_http_sends_308_to_the_tls_port() {
     cfg.set("tls.redirect_http", "true");
     cfg.set("maintenance.bypass_paths", &arr(&["/healthz"]));
     let gk = Gatekeeper::start(&site.fx, &cfg);
-    assert_eq!(https(&gk).port(), tls_port);
+    assert_eq!(gk.listener("https").port(), tls_port);
 
     for (host, want_host) in [
         ("example.com", "example.com"),
@@ -757,7 +742,7 @@ async fn redirect_http_sends_308_to_the_tls_port() {
     site.fx.toggle_on();
     assert!(
         eventually_async(Duration::from_secs(3), || async {
-            let mut tx = h2_over(handshake(https(&gk), &site.ca, "localhost").await).await;
+            let mut tx = h2_over(handshake(gk.listener("https"), &site.ca, "localhost").await).await;
             h2_send(&mut tx, "GET", "/", &[]).await.status == 503
         })
         .await
@@ -769,7 +754,7 @@ async fn redirect_http_sends_308_to_the_tls_port() {
     );
     site.fx.toggle_off();
     // The TLS listener itself is not redirected.
-    let mut tx = h2_over(handshake(https(&gk), &site.ca, "localhost").await).await;
+    let mut tx = h2_over(handshake(gk.listener("https"), &site.ca, "localhost").await).await;
     assert!(
         eventually_async(Duration::from_secs(3), || {
             let mut tx = tx.clone();
@@ -789,7 +774,7 @@ async fn redirect_http_names_the_bound_port() {
     let mut cfg = site.config(&up.url());
     cfg.set("tls.redirect_http", "true");
     let gk = Gatekeeper::start(&site.fx, &cfg);
-    let port = https(&gk).port();
+    let port = gk.listener("https").port();
     let r = raw_response(gk.addr, b"GET /p HTTP/1.1\r\nHost: localhost\r\n\r\n").await;
     assert_eq!(r.status, 308, "{r:?}");
     assert_eq!(location(&r), format!("https://localhost:{port}/p"));
@@ -802,7 +787,7 @@ async fn h2c_upstream_behind_tls_and_plain_listeners() {
     let up = Upstream::start();
     let cfg = site.config(&format!("h2c://{}", up.addr));
     let gk = Gatekeeper::start(&site.fx, &cfg);
-    let mut tx = h2_over(handshake(https(&gk), &site.ca, "localhost").await).await;
+    let mut tx = h2_over(handshake(gk.listener("https"), &site.ca, "localhost").await).await;
     let e = h2_send(&mut tx, "GET", "/echo/tls", &[]).await.echo();
     assert_eq!(e.version, "HTTP/2.0");
     assert_eq!(e.one("x-forwarded-proto"), Some("https"));
