@@ -59,19 +59,6 @@ async fn sigterm_finishes_in_flight_request_and_exits_0() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigint_exits_0() {
-    let fx = Fixture::new();
-    let up = Upstream::start();
-    let mut gk = Gatekeeper::start(&fx, &fx.config(&up.url()));
-    assert_eq!(get(LOCALHOST, gk.addr, "/x", &[]).await.status, 200);
-    gk.signal(libc::SIGINT);
-    let status = gk
-        .wait_exit(Duration::from_secs(5))
-        .unwrap_or_else(|| panic!("no exit within 5 s\n{}", gk.log()));
-    assert_eq!(status.code(), Some(0), "{}", gk.log());
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_and_sigint_exit_0() {
     let up = Upstream::start();
     for (sig, name) in [(libc::SIGTERM, "SIGTERM"), (libc::SIGINT, "SIGINT")] {

@@ -68,63 +68,6 @@ async fn sighup_and_config_edit_reload_on_kept_alive_connections() {
     assert_eq!(metric(admin, "gatekeeper_reloads_total{result=\"failed\"}").await, 0.0);
 }
 
-async fn wait_bypass(c: &mut Conn, want: bool, bound: Duration) -> bool {
-    let t0 = Instant::now();
-    loop {
-        let r = c.get("/r").await;
-        let is_bypass = r.status == 200 && r.header("x-maintenance-mode") == Some("bypass");
-        let is_page = r.status == 503;
-        if (want && is_bypass) || (!want && is_page) {
-            return true;
-        }
-        if t0.elapsed() > bound {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sighup_reloads_allowlist_without_dropping_connections() {
-    let fx = Fixture::new();
-    fx.toggle_on();
-    let up = Upstream::start();
-    let mut cfg = fx.config(&up.url());
-    cfg.set("clients.allow", &arr(&["203.0.113.7"]));
-    let gk = Gatekeeper::start(&fx, &cfg);
-    let mut c = Conn::open(LOCALHOST, gk.addr).await;
-    assert_eq!(c.get("/r").await.status, 503);
-
-    cfg.set("clients.allow", &arr(&["203.0.113.7", "127.0.0.1"]));
-    cfg.write(&fx);
-    gk.signal(libc::SIGHUP);
-    assert!(
-        wait_bypass(&mut c, true, Duration::from_secs(3)).await,
-        "new allowlist not applied\n{}",
-        gk.log()
-    );
-
-    // an invalid config is refused and the running one stays
-    let text = cfg.render().replace("\"127.0.0.1\"]", "\"127.0.0.1/33\"]");
-    std::fs::write(&gk.config, &text).unwrap();
-    gk.signal(libc::SIGHUP);
-    assert!(
-        gk.wait_for_log(r"clients\.allow\[1\]", Duration::from_secs(3))
-            .is_some(),
-        "invalid config on reload must be logged with its key\n{}",
-        gk.log()
-    );
-    for _ in 0..5 {
-        let r = c.get("/r").await;
-        assert_eq!(
-            (r.status, r.header("x-maintenance-mode")),
-            (200, Some("bypass")),
-            "old config must stay"
-        );
-    }
-    assert!(!c.is_closed());
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn allowlist_file_change_is_picked_up() {
     let fx = Fixture::new();
@@ -138,48 +81,20 @@ async fn allowlist_file_change_is_picked_up() {
     assert_eq!(c.get("/r").await.status, 503);
     std::fs::write(&allowlist, "# office\n127.0.0.1\n").unwrap();
     assert!(
-        wait_bypass(&mut c, true, Duration::from_secs(3)).await,
+        until_resp(&mut c, "/r", Duration::from_secs(3), bypassed)
+            .await
+            .is_some(),
         "allowlist change not applied\n{}",
         gk.log()
     );
     std::fs::write(&allowlist, "# office moved\n198.51.100.1\n").unwrap();
     assert!(
-        wait_bypass(&mut c, false, Duration::from_secs(3)).await,
+        until_resp(&mut c, "/r", Duration::from_secs(3), |r| r.status == 503)
+            .await
+            .is_some(),
         "allowlist removal not applied\n{}",
         gk.log()
     );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn config_file_change_is_picked_up() {
-    let fx = Fixture::new();
-    fx.toggle_on();
-    let up = Upstream::start();
-    let mut cfg = fx.config(&up.url());
-    let gk = Gatekeeper::start(&fx, &cfg);
-    let mut c = Conn::open(LOCALHOST, gk.addr).await;
-    assert_eq!(c.get("/r").await.status, 503);
-    cfg.set("maintenance.retry_after", &q("42s"));
-    cfg.set("clients.allow", &arr(&["127.0.0.2"]));
-    // editor-style: write a temp file and rename it over the config
-    let tmp = fx.path("gatekeeper.toml.tmp");
-    std::fs::write(&tmp, cfg.render()).unwrap();
-    std::fs::rename(&tmp, &gk.config).unwrap();
-    let t0 = Instant::now();
-    loop {
-        let r = c.get("/r").await;
-        if r.header("retry-after") == Some("42") {
-            break;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(3),
-            "config change not applied\n{}",
-            gk.log()
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    let r = get(IP2, gk.addr, "/r", &[]).await;
-    assert_eq!((r.status, r.header("x-maintenance-mode")), (200, Some("bypass")));
 }
 
 /// A broken config is refused with file:line:col and key in the log, by the

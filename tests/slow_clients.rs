@@ -43,7 +43,6 @@ use std::time::{Duration, Instant};
 
 use common::syncapp::{probe_once, Probe, ProbeReport, SyncApp};
 use common::*;
-use http_body_util::BodyExt;
 use tokio::io::AsyncWriteExt as _;
 
 const MIB: u64 = 1024 * 1024;
@@ -785,141 +784,6 @@ async fn buffered_upload_64mib_bounded_memory() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn body_over_max_body_gets_413() {
-    let env = start_with(|_, c| {
-        c.set("buffering.max_body", &q("1MiB"));
-    });
-    // Content-Length says so: 413 at once, without sending the body
-    let mut s = connect_from(LOCALHOST, env.gk.addr).await.unwrap();
-    s.write_all(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 2097152\r\n\r\n")
-        .await
-        .unwrap();
-    let t0 = Instant::now();
-    let r = read_raw_response(&mut s, false).await;
-    assert_eq!(r.status, 413);
-    assert!(t0.elapsed() < Duration::from_secs(2));
-
-    // chunked body that grows past the limit
-    let mut s = connect_from(LOCALHOST, env.gk.addr).await.unwrap();
-    s.write_all(b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
-        .await
-        .unwrap();
-    let (mut rd, mut wr) = s.into_split();
-    let writer = tokio::spawn(async move {
-        let chunk = vec![b'a'; 64 * 1024];
-        for _ in 0..24 {
-            let head = format!("{:x}\r\n", chunk.len());
-            if wr.write_all(head.as_bytes()).await.is_err()
-                || wr.write_all(&chunk).await.is_err()
-                || wr.write_all(b"\r\n").await.is_err()
-            {
-                return;
-            }
-        }
-        let _ = wr.write_all(b"0\r\n\r\n").await;
-    });
-    let mut buf = Vec::new();
-    let status = tokio::time::timeout(Duration::from_secs(5), async {
-        use tokio::io::AsyncReadExt;
-        let mut tmp = [0u8; 4096];
-        loop {
-            if let Some((r, _)) = parse_response(&buf, false, false) {
-                return r.status;
-            }
-            match rd.read(&mut tmp).await {
-                Ok(0) | Err(_) => return parse_response(&buf, false, true).map(|x| x.0.status).unwrap_or(0),
-                Ok(n) => buf.extend_from_slice(&tmp[..n]),
-            }
-        }
-    })
-    .await
-    .expect("answer within 5 s");
-    assert_eq!(status, 413);
-    let _ = writer.await;
-    assert!(
-        env.up.uris().is_empty(),
-        "oversized bodies reached the upstream: {:?}",
-        env.up.uris()
-    );
-
-    // exactly max_body is fine
-    let n = MIB;
-    let r = request(
-        LOCALHOST,
-        env.gk.addr,
-        "PUT",
-        "/echo",
-        &[("content-length", &n.to_string())],
-        pattern_body(n),
-    )
-    .await;
-    assert_eq!(r.echo().body_len, n);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn slow_client_does_not_hold_the_upstream() {
-    let env = start_with(|_, _| {});
-    let n = 64 * MIB;
-    let target = format!("/download?bytes={n}");
-    let expect = tokio::task::spawn_blocking(move || pattern_fnv(n));
-    let mut c = Conn::open(LOCALHOST, env.gk.addr).await;
-    let resp = c
-        .request_streaming(build_request("GET", &target, &[], empty()))
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
-    // the client reads nothing; the daemon must still take everything
-    assert!(
-        eventually(Duration::from_secs(10), || env.up.downloads_done().contains(&target)),
-        "upstream still held by a client that does not read\n{}",
-        env.gk.log()
-    );
-    let hwm = env.gk.vm_hwm_kib();
-    let mut body = resp.into_body();
-    let mut f = Fnv::default();
-    let mut len = 0u64;
-    while let Some(fr) = body.frame().await {
-        if let Some(d) = fr.unwrap().data_ref() {
-            len += d.len() as u64;
-            f.update(d);
-        }
-    }
-    assert_eq!((len, f.hex()), (n, expect.await.unwrap()));
-    eprintln!("64 MiB spooled response: daemon VmHWM {hwm} KiB");
-    assert!(
-        hwm < RSS_LIMIT_KIB,
-        "daemon peak RSS {hwm} KiB: response held in memory?"
-    );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn x_accel_buffering_no_is_relayed_unbuffered() {
-    let env = start_with(|_, _| {});
-    let n = 64 * MIB;
-    let target = format!("/download?bytes={n}&accel=no");
-    let mut c = Conn::open(LOCALHOST, env.gk.addr).await;
-    let resp = c
-        .request_streaming(build_request("GET", &target, &[], empty()))
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
-    tokio::time::sleep(ABSENCE).await;
-    assert!(
-        !env.up.downloads_done().contains(&target),
-        "X-Accel-Buffering: no answer was buffered anyway"
-    );
-    let (mut len, mut f) = (0u64, Fnv::default());
-    let mut body = resp.into_body();
-    while let Some(fr) = body.frame().await {
-        if let Some(d) = fr.unwrap().data_ref() {
-            len += d.len() as u64;
-            f.update(d);
-        }
-    }
-    assert_eq!((len, f.hex()), (n, pattern_fnv(n)));
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn buffered_responses_still_flow_as_they_arrive() {
     let env = start_with(|_, c| {
         c.set("buffering.requests", "false");
@@ -1061,12 +925,15 @@ fn a_reader_that_stalls_on_64mib_does_not_hold_the_worker() {
         during.1 >= 1,
         "64 MiB not in a temporary file while the client stalls: {during:?}"
     );
+    let hwm = env.gk.vm_hwm_kib();
     let (len, fnv) = read_body(&mut s, &first, n);
     assert_eq!(
         (len, fnv),
         (n, expect.join().unwrap()),
         "the answer did not arrive intact"
     );
+    eprintln!("64 MiB spooled answer: daemon VmHWM {hwm} KiB");
+    assert!(hwm < RSS_LIMIT_KIB, "daemon peak RSS {hwm} KiB: answer held in memory?");
     drop(s);
     eprintln!("64 MiB to a stalled reader: app worker released after {released:?}; temp files during {during:?}");
     env.assert_no_temp_files("after the stalled 64 MiB download");
@@ -1098,8 +965,10 @@ fn oversized_bodies_get_413_never_reach_the_app_and_leave_no_temp_file() {
     let mut s = connect(env.gk.addr);
     s.write_all(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 2097152\r\n\r\n")
         .unwrap();
+    let t0 = Instant::now();
     let a = read_answer(&mut s, Duration::from_secs(5)).expect("413 before the body");
     assert_eq!(a.status, 413);
+    assert!(t0.elapsed() < Duration::from_secs(2), "413 took {:?}", t0.elapsed());
 
     // chunked, growing past the limit (and past buffering.memory: a temp file first)
     let mut s = connect(env.gk.addr);
@@ -1133,6 +1002,24 @@ fn oversized_bodies_get_413_never_reach_the_app_and_leave_no_temp_file() {
         env.app.conns()
     );
     env.assert_no_temp_files("after the 413s");
+
+    // Exactly max_body is fine.
+    let body: Vec<u8> = (0..MIB / CHUNK as u64)
+        .flat_map(|i| pattern_block(i, CHUNK).to_vec())
+        .collect();
+    let mut s = connect(env.gk.addr);
+    s.write_all(
+        format!(
+            "POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    s.write_all(&body).unwrap();
+    let a = read_answer(&mut s, Duration::from_secs(10)).expect("answer to a body of max_body");
+    assert_eq!(a.status, 200, "{}", a.text());
+    assert_eq!(a.text(), format!("ok {} {}\n", body.len(), fnv_hex(&body)));
 }
 
 #[test]
