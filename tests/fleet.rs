@@ -12,7 +12,6 @@
 mod common;
 use common::*;
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -99,9 +98,27 @@ impl Etcd {
             peer: stable_port(),
             child: None,
         };
-        e.spawn();
-        e.wait_ready();
-        e
+        for _ in 0..3 {
+            e.spawn();
+            let ready = eventually(Duration::from_secs(15), || {
+                std::thread::sleep(Duration::from_millis(20));
+                e.try_ctl(&["get", "/ready-probe"]).status.success()
+                    || e.child.as_mut().is_some_and(|c| c.try_wait().ok().flatten().is_some())
+            });
+            if ready && e.try_ctl(&["get", "/ready-probe"]).status.success() {
+                return e;
+            }
+            // A port taken since stable_port() found it free: etcd exits; others.
+            assert!(
+                e.log_text().contains("address already in use"),
+                "etcd did not become ready\n{}",
+                e.log_text()
+            );
+            e.kill();
+            let _ = std::fs::remove_dir_all(&e.data);
+            (e.client, e.peer) = (stable_port(), stable_port());
+        }
+        panic!("etcd: no free ports in 3 attempts\n{}", e.log_text());
     }
 
     fn endpoint(&self) -> String {
@@ -232,8 +249,12 @@ impl Drop for Etcd {
 
 struct Node {
     fx: Fixture,
+    /// The daemon's config (`[admin] listen` on port 0).
+    config: Config,
     cfg: PathBuf,
-    admin: SocketAddr,
+    /// The same config naming the admin port the running daemon bound, for
+    /// the commands (`status` asks the daemon through it).
+    cli_cfg: PathBuf,
     gk: Option<Gatekeeper>,
 }
 
@@ -244,27 +265,32 @@ impl Node {
 
     fn start_with(up: &Upstream, etcd: &Etcd, on_error: &str, edit: impl Fn(&mut Config)) -> Node {
         let fx = Fixture::new();
-        // The admin port must be explicit; a port picked free may be taken meanwhile: retry.
-        for _ in 0..5 {
-            let admin: SocketAddr = format!("127.0.0.1:{}", dead_port()).parse().unwrap();
-            let mut c = fx.config(&up.url());
-            c.set("log.access", "false");
-            c.set("admin.listen", &q(&admin.to_string()));
-            c.set("fleet.endpoints", &arr(&[&etcd.endpoint()]));
-            c.set("fleet.key", &q(KEY));
-            c.set("fleet.on_error", &q(on_error));
-            edit(&mut c);
-            let cfg = c.write(&fx);
-            if let Ok(gk) = Gatekeeper::try_start(&cfg, Duration::from_secs(10)) {
-                return Node {
-                    fx,
-                    cfg,
-                    admin,
-                    gk: Some(gk),
-                };
-            }
-        }
-        panic!("gatekeeper did not start");
+        let mut c = fx.config(&up.url());
+        c.set("log.access", "false");
+        with_admin(&mut c);
+        c.set("fleet.endpoints", &arr(&[&etcd.endpoint()]));
+        c.set("fleet.key", &q(KEY));
+        c.set("fleet.on_error", &q(on_error));
+        edit(&mut c);
+        let cfg = c.write(&fx);
+        let mut n = Node {
+            cli_cfg: fx.path("cli.toml"),
+            fx,
+            config: c,
+            cfg,
+            gk: None,
+        };
+        n.launch();
+        n
+    }
+
+    /// Starts the daemon on its config and writes the commands' copy.
+    fn launch(&mut self) {
+        let gk = Gatekeeper::start_with_path(&self.cfg);
+        let mut c = self.config.clone();
+        c.set("admin.listen", &q(&gk.admin().to_string()));
+        std::fs::write(&self.cli_cfg, c.render()).unwrap();
+        self.gk = Some(gk);
     }
 
     fn gk(&self) -> &Gatekeeper {
@@ -289,7 +315,7 @@ impl Node {
     }
 
     fn cfg(&self) -> &str {
-        self.cfg.to_str().unwrap()
+        self.cli_cfg.to_str().unwrap()
     }
 
     /// SIGTERM, wait for the exit, start again with the same config (new listen port).
@@ -297,11 +323,11 @@ impl Node {
         let mut gk = self.gk.take().unwrap();
         gk.sigterm();
         assert!(gk.wait_exit(Duration::from_secs(10)).is_some(), "no exit after SIGTERM");
-        self.gk = Some(Gatekeeper::start_with_path(&self.cfg));
+        self.launch();
     }
 
     async fn admin_status(&self) -> serde_json::Value {
-        get(LOCALHOST, self.admin, "/status", &[]).await.json()
+        get(LOCALHOST, self.gk().admin(), "/status", &[]).await.json()
     }
 
     async fn conn(&self) -> Conn {
@@ -1056,9 +1082,11 @@ async fn etcd_over_tls() {
     );
 }
 
-/// A free port below the ephemeral range (32768+ here): etcd is restarted on
-/// the same port, and a port from the ephemeral range may meanwhile have been
-/// taken by some outgoing connection.
+/// A free port below the ephemeral range (32768+ here), for etcd: its URLs
+/// name fixed ports (it takes no :0), and it is restarted on the same ones.
+/// Below the ephemeral range no outgoing connection and no bind to port 0 can
+/// take it in between; only a process that asks for this very number could,
+/// and then etcd fails to start and [`Etcd::start_with`] tries other ports.
 fn stable_port() -> u16 {
     use std::hash::{BuildHasher, Hasher};
     for _ in 0..200 {
@@ -1069,5 +1097,5 @@ fn stable_port() -> u16 {
             return port;
         }
     }
-    dead_port()
+    panic!("no free port in 20000..32000 after 200 tries");
 }

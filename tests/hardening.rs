@@ -12,7 +12,7 @@ use common::*;
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
-use std::net::{IpAddr, Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, Shutdown, SocketAddr, TcpStream};
 use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
@@ -41,11 +41,6 @@ fn long() -> bool {
 fn quiet(c: &mut Config) {
     c.set("log.level", &q("warn,gatekeeper::daemon=info"));
     c.set("log.access", "false");
-}
-
-/// A free loopback port for the admin listener (bound, then released).
-fn admin_port() -> u16 {
-    dead_port()
 }
 
 /// Tiny xorshift PRNG: deterministic per seed, no extra dependency.
@@ -372,15 +367,15 @@ async fn flipping_under_load() {
     let allow_file = fx.path("allowlist");
     let (first, _) = allowlist_content(&mut rng, 0);
     atomic_write(&allow_file, &first);
-    let admin = SocketAddr::from(([127, 0, 0, 1], admin_port()));
     let mut c = fx.config(&up.url());
     quiet(&mut c);
     c.set("maintenance.message", &q(MARKER));
     // The file is the only source: a rewrite that lost 127.0.0.2 for a moment would show.
     c.set("clients.allow", "[]");
     c.set("clients.allow_file", &q(allow_file.to_str().unwrap()));
-    c.set("admin.listen", &q(&admin.to_string()));
+    with_admin(&mut c);
     let mut gk = Gatekeeper::start(&fx, &c);
+    let admin = gk.admin();
     let addr = gk.addr;
 
     // Sanity before the storm: off, both clients get the upstream.
@@ -600,8 +595,8 @@ struct Tally {
 }
 
 impl FaultServer {
-    fn start(port: u16, seed: u64) -> FaultServer {
-        let l = TcpListener::bind(("127.0.0.1", port)).expect("bind fault server");
+    fn start(port: &HeldPort, seed: u64) -> FaultServer {
+        let l = port.listen();
         l.set_nonblocking(true).unwrap();
         let stop = Arc::new(AtomicBool::new(false));
         let conns: Arc<Mutex<HashMap<u64, TcpStream>>> = Arc::default();
@@ -634,7 +629,8 @@ impl FaultServer {
                     Err(_) => std::thread::sleep(Duration::from_millis(2)),
                 }
             }
-            // The listener closes here: nothing listens on the port any more.
+            // This clone of the listener closes here; the test ends the
+            // listening with `HeldPort::unlisten`.
         });
         FaultServer {
             stop,
@@ -1025,28 +1021,30 @@ async fn flaky_phase(addr: SocketAddr, mode: &'static str, per_kind: usize) -> F
 async fn upstream_faults() {
     let _serial = serial();
     let seed = seed();
-    let port = dead_port();
+    // The upstream comes and goes on one address, named in the config before
+    // it first listens: a held port, never released in between.
+    let port = HeldPort::new();
     let fx = Fixture::new();
-    let admin = SocketAddr::from(([127, 0, 0, 1], admin_port()));
-    let mut c = fx.config(&format!("http://127.0.0.1:{port}"));
+    let mut c = fx.config(&port.url());
     quiet(&mut c);
     c.set("upstream.timeout", &q("500ms"));
     c.set("upstream.connect_timeout", &q("1s"));
-    c.set("admin.listen", &q(&admin.to_string()));
+    with_admin(&mut c);
     let mut gk = Gatekeeper::start(&fx, &c);
     let addr = gk.addr;
+    let admin = gk.admin();
 
     // A second instance with `timeout = "5s"` for the random-close part: on a
     // loaded 2-core machine a 500 ms deadline can expire for a merely slow
     // exchange; a 504 after 5 s on a 5-byte answer is a request lost, not a slow one.
     let fx2 = Fixture::new();
-    let admin2 = SocketAddr::from(([127, 0, 0, 1], admin_port()));
-    let mut c2 = fx2.config(&format!("http://127.0.0.1:{port}"));
+    let mut c2 = fx2.config(&port.url());
     quiet(&mut c2);
     c2.set("upstream.timeout", &q("5s"));
     c2.set("upstream.connect_timeout", &q("1s"));
-    c2.set("admin.listen", &q(&admin2.to_string()));
+    with_admin(&mut c2);
     let mut gk2 = Gatekeeper::start(&fx2, &c2);
+    let admin2 = gk2.admin();
 
     // /healthz of both polled throughout, on fresh connections.
     let stop_health = Arc::new(AtomicBool::new(false));
@@ -1095,7 +1093,7 @@ async fn upstream_faults() {
     report.push("refused: GET/POST -> 502 (HTML), client connection kept".to_string());
 
     // The upstream comes up.
-    let mut up = FaultServer::start(port, seed);
+    let mut up = FaultServer::start(&port, seed);
     let (s, b) = get_once(LOCALHOST, addr, "/ok").await.unwrap();
     assert_eq!((s, &b[..]), (200, &b"upstream"[..]));
 
@@ -1201,9 +1199,10 @@ async fn upstream_faults() {
 
     // The upstream goes away (every pooled connection dies), then comes back.
     up.stop();
+    port.unlisten();
     let (s, _) = get_once(LOCALHOST, addr, "/ok").await.unwrap();
     assert_eq!(s, 502, "upstream gone");
-    let mut up = FaultServer::start(port, seed ^ 1);
+    let mut up = FaultServer::start(&port, seed ^ 1);
     let mut back = Vec::new();
     for _ in 0..20 {
         back.push(get_once(LOCALHOST, addr, "/ok").await.map(|x| x.0));
@@ -1308,12 +1307,12 @@ async fn memory_stays_flat() {
 
     let fx = Fixture::new();
     let up = Upstream::start();
-    let admin = SocketAddr::from(([127, 0, 0, 1], admin_port()));
     let mut c = fx.config(&up.url());
     quiet(&mut c);
     c.set("server.header_timeout", &q("60s"));
-    c.set("admin.listen", &q(&admin.to_string()));
+    with_admin(&mut c);
     let mut gk = Gatekeeper::start(&fx, &c);
+    let admin = gk.admin();
     let addr = gk.addr;
     let pid = gk.pid();
     let body = payload();

@@ -309,9 +309,9 @@ async fn unix_socket_upstream() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_gateway_when_nothing_listens() {
-    let port = dead_port();
+    let dead = HeldPort::new();
     let env = start_with(|_, _, c| {
-        c.set("upstream.url", &q(&format!("http://127.0.0.1:{port}")));
+        c.set("upstream.url", &q(&dead.url()));
     });
     let mut c = Conn::open(LOCALHOST, env.gk.addr).await;
     for _ in 0..2 {

@@ -702,12 +702,13 @@ async fn redirect_http_sends_308_to_the_tls_port() {
     let site = Site::new();
     let up = Upstream::start();
     let mut cfg = site.config(&up.url());
-    let tls_port = dead_port();
-    cfg.set("tls.listen", &arr(&[&format!("127.0.0.1:{tls_port}")]));
+    cfg.set("tls.listen", &arr(&["127.0.0.1:0"]));
     cfg.set("tls.redirect_http", "true");
     cfg.set("maintenance.bypass_paths", &arr(&["/healthz"]));
     let gk = Gatekeeper::start(&site.fx, &cfg);
-    assert_eq!(gk.listener("https").port(), tls_port);
+    // The port the TLS listener really got, not 0.
+    let tls_port = gk.listener("https").port();
+    assert_ne!(tls_port, 0);
 
     for (host, want_host) in [
         ("example.com", "example.com"),
@@ -763,21 +764,6 @@ async fn redirect_http_sends_308_to_the_tls_port() {
         .await
     );
     assert_eq!(h2_send(&mut tx, "GET", "/x", &[]).await.text(), "upstream:/x");
-}
-
-/// With `tls.listen = ["127.0.0.1:0"]` the redirect must name the port the
-/// TLS listener really got, not 0.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redirect_http_names_the_bound_port() {
-    let site = Site::new();
-    let up = Upstream::start();
-    let mut cfg = site.config(&up.url());
-    cfg.set("tls.redirect_http", "true");
-    let gk = Gatekeeper::start(&site.fx, &cfg);
-    let port = gk.listener("https").port();
-    let r = raw_response(gk.addr, b"GET /p HTTP/1.1\r\nHost: localhost\r\n\r\n").await;
-    assert_eq!(r.status, 308, "{r:?}");
-    assert_eq!(location(&r), format!("https://localhost:{port}/p"));
 }
 
 /// `upstream.url = "h2c://…"`: HTTP/2 with prior knowledge to the app, whatever the client speaks.

@@ -1112,11 +1112,10 @@ pub async fn connect_from(from: IpAddr, addr: SocketAddr) -> std::io::Result<Tcp
     Ok(s)
 }
 
-/// `[admin] listen` on a free loopback port.
-pub fn with_admin(cfg: &mut Config) -> SocketAddr {
-    let addr = SocketAddr::from(([127, 0, 0, 1], dead_port()));
-    cfg.set("admin.listen", &q(&addr.to_string()));
-    addr
+/// `[admin] listen` on a loopback port the daemon picks: read it with
+/// [`Gatekeeper::admin`] once started.
+pub fn with_admin(cfg: &mut Config) {
+    cfg.set("admin.listen", &q("127.0.0.1:0"));
 }
 
 /// The value of one sample (`name` or `name{labels}`) in a Prometheus text page.
@@ -1426,12 +1425,6 @@ pub fn raw_status(s: &str) -> u16 {
         .and_then(|r| r.get(..3))
         .and_then(|c| c.parse().ok())
         .unwrap_or(0)
-}
-
-/// A port on 127.0.0.1 where nothing listens (bound then released).
-pub fn dead_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
 }
 
 /// Toggle state change and wait helper: polls `conn` with GET `path` until the
@@ -1762,4 +1755,66 @@ pub fn stdout(o: &Output) -> String {
 
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+// ---------------------------------------------------------------------------
+// Ports
+// ---------------------------------------------------------------------------
+
+/// A loopback port held for the test's duration: bound but not listening, so
+/// connections to it are refused and no other socket can take the port (a
+/// port bound and released could be taken by anyone before its use).
+/// [`HeldPort::listen`] and [`HeldPort::unlisten`] bring a server up and down
+/// on it without ever letting the port go.
+pub struct HeldPort {
+    sock: std::os::fd::OwnedFd,
+    pub addr: SocketAddr,
+}
+
+impl HeldPort {
+    pub fn new() -> HeldPort {
+        use std::os::fd::{FromRawFd, IntoRawFd};
+        // Linux keeps a port across a listener's shutdown only when it was
+        // bound by number: take a free one with a first socket, bind a second
+        // to it by number (SO_REUSEADDR on both, allowed while neither
+        // listens), then close the first.
+        let first = TcpSocket::new_v4().unwrap();
+        first.set_reuseaddr(true).unwrap();
+        first.bind(SocketAddr::from(([127, 0, 0, 1], 0))).unwrap();
+        let addr = first.local_addr().unwrap();
+        let held = TcpSocket::new_v4().unwrap();
+        held.set_reuseaddr(true).unwrap();
+        held.bind(addr).unwrap();
+        drop(first);
+        // SAFETY: the descriptor was just taken out of `held`, which no longer owns it.
+        let sock = unsafe { std::os::fd::OwnedFd::from_raw_fd(held.into_raw_fd()) };
+        HeldPort { sock, addr }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// `http://127.0.0.1:PORT`
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Starts listening on the held port; the listener shares the socket.
+    pub fn listen(&self) -> std::net::TcpListener {
+        use std::os::fd::AsRawFd;
+        // SAFETY: listen(2) on a socket this value owns.
+        assert_eq!(unsafe { libc::listen(self.sock.as_raw_fd(), 1024) }, 0, "listen");
+        let l = std::net::TcpListener::from(self.sock.try_clone().unwrap());
+        l.set_nonblocking(false).unwrap();
+        l
+    }
+
+    /// Stops listening (connections are refused again); the port stays held.
+    pub fn unlisten(&self) {
+        use std::os::fd::AsRawFd;
+        // SAFETY: shutdown(2) on a socket this value owns; on a listener it
+        // only ends the listening state.
+        unsafe { libc::shutdown(self.sock.as_raw_fd(), libc::SHUT_RD) };
+    }
 }
