@@ -477,6 +477,7 @@ impl<'a> Pod<'a> {
         // The Service selects this pod and targets that port.
         let svc = find(self.docs, "Service", "web");
         let labels = self.deployment.at("spec.template.metadata.labels").map();
+        assert!(!svc.at("spec.selector").map().is_empty(), "the Service selects nothing");
         for (k, v) in svc.at("spec.selector").map() {
             assert!(
                 labels.iter().any(|(lk, lv)| lk == k && lv == v),
@@ -484,7 +485,7 @@ impl<'a> Pod<'a> {
             );
         }
         let sel = self.deployment.at("spec.selector.matchLabels").map();
-        assert!(sel.iter().all(|s| labels.contains(s)));
+        assert!(!sel.is_empty() && sel.iter().all(|s| labels.contains(s)), "{sel:?}");
         let sp = svc.at("spec.ports").seq();
         assert_eq!(sp.len(), 1);
         let target = sp[0].at("targetPort").str();

@@ -581,11 +581,11 @@ fn dockerfile_builds_in_rust_and_runs_non_root() {
     assert_eq!(json_array(&last.last("ENTRYPOINT").args), [INSTALLED_BIN]);
     assert_eq!(json_array(&last.last("CMD").args), ["run", "-c", CONFIG]);
     assert_eq!(last.last("STOPSIGNAL").args, "SIGTERM");
-    for env in last.find("ENV") {
-        if let Some(v) = env.args.strip_prefix("GATEKEEPER_CONFIG=") {
-            assert_eq!(v, CONFIG);
-        }
-    }
+    let config_env: Vec<&str> = last
+        .find("ENV")
+        .filter_map(|env| env.args.strip_prefix("GATEKEEPER_CONFIG="))
+        .collect();
+    assert_eq!(config_env, [CONFIG], "ENV GATEKEEPER_CONFIG in the last stage");
 }
 
 #[test]
