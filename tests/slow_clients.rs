@@ -522,7 +522,17 @@ fn slowhttptest_2000_connections_three_modes_probes_get_200() {
                 run.max_connected, run.csv, run.output
             ));
         }
-        if peak_fds < idle_fds + conns * 9 / 10 {
+        // A slow reader's (small) answer fits into the daemon's socket send
+        // buffer: the daemon is done with it and may drop the connection as
+        // idle while slowhttptest still counts it as connected, the sooner
+        // the slower a loaded machine ramps the attack up. Half still shows
+        // that the attack reached gatekeeper.
+        let must_hold = if mode == Mode::SlowRead {
+            conns / 2
+        } else {
+            conns * 9 / 10
+        };
+        if peak_fds < idle_fds + must_hold {
             fail(format!(
                 "gatekeeper never held the connections: peak {peak_fds} fds (idle {idle_fds})"
             ));
