@@ -1012,6 +1012,15 @@ async fn upstream_handle(mut req: Request<Incoming>, st: UpState) -> Result<Resp
     Ok(resp(200, full(format!("upstream:{path}"))))
 }
 
+/// All values of header `name` (case-insensitive), in order.
+fn header_values<'a>(headers: &'a [(String, String)], name: &str) -> Vec<&'a str> {
+    headers
+        .iter()
+        .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
+        .collect()
+}
+
 /// Parsed `/echo` answer.
 #[derive(Debug, Clone)]
 pub struct Echo {
@@ -1048,11 +1057,7 @@ impl Echo {
 
     /// All values of a header (case-insensitive name), in order.
     pub fn all(&self, name: &str) -> Vec<&str> {
-        self.headers
-            .iter()
-            .filter(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-            .collect()
+        header_values(&self.headers, name)
     }
 
     /// The single value of a header; panics when it appears more than once.
@@ -1272,11 +1277,7 @@ pub struct RawResp {
 
 impl RawResp {
     pub fn all(&self, name: &str) -> Vec<&str> {
-        self.headers
-            .iter()
-            .filter(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-            .collect()
+        header_values(&self.headers, name)
     }
     pub fn header(&self, name: &str) -> Option<&str> {
         self.all(name).first().copied()
