@@ -1,3 +1,5 @@
+//! Area: bypass credentials (secret link, signed cookie, bypass header).
+//!
 //! Letting the team in without an IP, end to end:
 //! `gatekeeper on --secret` (generated or given) and `status`, the bypass link
 //! (303, signed cookie, `next` kept on site, no open redirect), the cookie and

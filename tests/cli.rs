@@ -1,3 +1,5 @@
+//! Area: the command line (`check`, `run` with a bad config, `on`/`off`/`status`).
+//!
 //! The command line: `check` (every kind of config error, with
 //! file:line:col and key), `run` with a bad config, `on`/`off`/`status`
 //! (idempotent, atomic), `GATEKEEPER_CONFIG`, `--help`.

@@ -1,3 +1,5 @@
+//! Area: client address resolution and allowlist matching.
+//!
 //! Client address resolution: trusted vs untrusted peers (127.0.0.2 trusted,
 //! 127.0.0.3 not), X-Forwarded-For walk, Forwarded (RFC 7239), single-IP
 //! headers, allowlist matching, and what the upstream is told.

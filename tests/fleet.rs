@@ -1,3 +1,5 @@
+//! Area: the fleet switch (etcd key watched by several instances).
+//!
 //! One switch for a fleet: a real etcd (3.4, `/usr/bin/etcd`) on loopback
 //! ports and three real gatekeeper processes watching one key.
 //!
@@ -1062,7 +1064,15 @@ async fn etcd_over_tls() {
         nodes: vec![],
     };
     expect_all(&f, &mut conns, 200, FLIP_BOUND, "start").await;
-    assert!(node.log().contains("watching the fleet key"), "{}", node.log());
+    // Written once the TLS connection and the watch are up, which the 200s
+    // above (maintenance is off before as after) do not wait for.
+    assert!(
+        node.gk()
+            .wait_for_log("watching the fleet key", RECONNECT_BOUND)
+            .is_some(),
+        "{}",
+        node.log()
+    );
 
     let o = gk(&["on", "--fleet", "-c", node.cfg()]);
     assert!(o.status.success(), "{}", show(&o));

@@ -1,3 +1,5 @@
+//! Area: hardening evidence under load (flips, upstream faults, memory).
+//!
 //! Hardening evidence (see docs/hardening.md): flipping under load, upstream
 //! faults, memory across rounds. Every loop is bounded in count and time.
 //!

@@ -1,3 +1,5 @@
+//! Area: the test harness itself (no daemon involved).
+//!
 //! Self-checks of the test harness (no daemon involved): the in-process
 //! upstream and the client helpers behave as the other test files assume.
 mod common;

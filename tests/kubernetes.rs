@@ -1,3 +1,5 @@
+//! Area: the Kubernetes manifests in deploy/kubernetes/.
+//!
 //! The Kubernetes examples in deploy/kubernetes/ stay true to the config they
 //! embed: ports, paths and names agree between the gatekeeper.toml in the
 //! ConfigMap, the Deployment and the Service, and the embedded config passes

@@ -1,4 +1,6 @@
-//! Process lifecycle: startup lines and listeners, bind failure, SIGTERM/SIGINT
+//! Area: process lifecycle (startup, shutdown, signals, socket activation, sd_notify).
+//!
+//! Startup lines and listeners, bind failure, SIGTERM/SIGINT
 //! graceful shutdown, socket activation and sd_notify.
 mod common;
 use common::*;

@@ -1,3 +1,5 @@
+//! Area: the maintenance answer (page, JSON, HEAD, assets, bypass paths).
+//!
 //! The maintenance response: 503 page (exact headers and body), JSON, HEAD,
 //! page assets, path traversal attempts, bypass paths, the default page.
 mod common;

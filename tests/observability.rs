@@ -1,4 +1,6 @@
-//! Observability: the admin endpoint (/healthz, /status, /metrics), the
+//! Area: observability (admin endpoint, `status` daemon line, logs).
+//!
+//! The admin endpoint (/healthz, /status, /metrics), the
 //! `status` command's daemon line, JSON logs and one log line per maintenance flip.
 mod common;
 use common::*;

@@ -1,3 +1,5 @@
+//! Area: packaging (systemd units, Dockerfile, container config).
+//!
 //! Packaging: the systemd units (`systemd-analyze verify` and `security`, the
 //! hardening directives, sysusers.d/tmpfiles.d), the Dockerfile and
 //! .dockerignore (checked statically: no Docker engine runs in CI), and the

@@ -1,3 +1,5 @@
+//! Area: parking idle keep-alive connections.
+//!
 //! Idle keep-alive connections are parked without hyper's buffers and served
 //! again when the client comes back — and never parked while hyper still
 //! holds something of the client's (a partial head, a body, a response being

@@ -1,3 +1,5 @@
+//! Area: proxying with maintenance off.
+//!
 //! Proxying (maintenance off): headers toward the upstream, hop-by-hop
 //! stripping both ways, large streaming bodies with bounded memory,
 //! WebSocket, unix-socket upstream, 502/504, h2c.

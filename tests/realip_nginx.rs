@@ -1,3 +1,5 @@
+//! Area: client address resolution, differential against nginx realip.
+//!
 //! Differential test: gatekeeper's client address resolution against nginx's
 //! realip module (`set_real_ip_from` + `real_ip_header X-Forwarded-For` +
 //! `real_ip_recursive on`) for the same trusted set.

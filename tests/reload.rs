@@ -1,4 +1,6 @@
-//! Reload: SIGHUP and watched edits of the config and allowlist files,
+//! Area: reload (SIGHUP, watched config and allowlist edits).
+//!
+//! SIGHUP and watched edits of the config and allowlist files,
 //! refused configs (with their location), listen changes, kept-alive
 //! connections, requests in flight and upstream pools across reloads.
 mod common;

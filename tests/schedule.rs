@@ -1,4 +1,6 @@
-//! Scheduled maintenance windows: `on --from/--until` and `--for` switched
+//! Area: scheduled maintenance windows (`on --from/--until/--for`).
+//!
+//! `on --from/--until` and `--for` switched
 //! on time by the daemon, with a counting-down `Retry-After`, `until` in the
 //! JSON answer and the admin /status, and the window arguments checked.
 mod common;

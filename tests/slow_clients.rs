@@ -1,3 +1,5 @@
+//! Area: slow and greedy clients, and buffering.
+//!
 //! Slow and greedy clients, and the buffering that shields the app from them
 //! (`[buffering]`, on by default).
 //!
@@ -1352,7 +1354,11 @@ fn running_out_of_file_descriptors_does_not_kill_the_daemon() {
     let pid = child.0.id();
     // 200 connections: far beyond 64 descriptors
     let hog: Vec<TcpStream> = (0..200).filter_map(|_| TcpStream::connect(addr).ok()).collect();
-    std::thread::sleep(Duration::from_secs(1));
+    // Until the daemon has met the limit (its descriptors used up, or an
+    // accept refused), at most 5 s.
+    let _ = eventually(Duration::from_secs(5), || {
+        fd_count(pid) >= 64 || log.lock().unwrap().contains("accept failed")
+    });
     let fds = fd_count(pid);
     assert!(
         child.0.try_wait().unwrap().is_none(),

@@ -1,3 +1,5 @@
+//! Area: TLS listeners.
+//!
 //! TLS listeners end to end, with certificates made at test time (rcgen):
 //! handshake, versions, ALPN, HTTP/2 over TLS in and out of maintenance,
 //! X-Forwarded-Proto, certificate rotation and refused broken renewals, SNI,

@@ -1,3 +1,5 @@
+//! Area: the toggle file and how fast flips take effect.
+//!
 //! The toggle file: every way operators and tools switch it flips the next
 //! requests on an already open kept-alive connection, quickly (inotify, not
 //! the 2 s fallback timer).
