@@ -249,16 +249,23 @@ fn listening(log: &str, kind: &str) -> Vec<SocketAddr> {
         .collect()
 }
 
-/// `sh -c 'LISTEN_PID=$$ … exec gatekeeper'` with a pre-bound socket as fd 3:
-/// what systemd does, without systemd.
-#[test]
-fn socket_activation_serves_on_the_inherited_socket() {
+/// A config whose `listen` names a held port: under socket activation it
+/// must be ignored (whether it is shows in the log's `listening on` lines).
+fn activation_setup() -> (Fixture, Upstream, HeldPort, PathBuf) {
     let fx = Fixture::new();
     let up = Upstream::start();
     let mut cfg = fx.config(&up.url());
     let ignored = HeldPort::new();
     cfg.set("listen", &arr(&[&ignored.addr.to_string()]));
     let path = cfg.write(&fx);
+    (fx, up, ignored, path)
+}
+
+/// `sh -c 'LISTEN_PID=$$ … exec gatekeeper'` with a pre-bound socket as fd 3:
+/// what systemd does, without systemd.
+#[test]
+fn socket_activation_serves_on_the_inherited_socket() {
+    let (fx, _up, _ignored, path) = activation_setup();
     let sock = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let inherited = sock.local_addr().unwrap();
     let fd = std::os::fd::AsRawFd::as_raw_fd(&sock);
@@ -320,12 +327,7 @@ fn systemd_socket_activate_runs_gatekeeper() {
         .into_iter()
         .find(|p| Path::new(p).exists())
         .expect("systemd-socket-activate is missing: apt-get install systemd (.ci/install-deps does)");
-    let fx = Fixture::new();
-    let up = Upstream::start();
-    let mut cfg = fx.config(&up.url());
-    let ignored = HeldPort::new();
-    cfg.set("listen", &arr(&[&ignored.addr.to_string()]));
-    let path = cfg.write(&fx);
+    let (fx, _up, _ignored, path) = activation_setup();
     // The tool takes a fixed port only (not :0): pick a free one, and when
     // something took it before the tool bound it (the tool then exits with
     // "Address already in use"), another. Once the tool listens, it is its own.
