@@ -1787,6 +1787,7 @@ impl HeldPort {
         held.set_reuseaddr(true).unwrap();
         held.bind(addr).unwrap();
         drop(first);
+        held.set_reuseaddr(false).unwrap();
         // SAFETY: the descriptor was just taken out of `held`, which no longer owns it.
         let sock = unsafe { std::os::fd::OwnedFd::from_raw_fd(held.into_raw_fd()) };
         HeldPort { sock, addr }
@@ -1801,11 +1802,33 @@ impl HeldPort {
         format!("http://{}", self.addr)
     }
 
+    /// SO_REUSEADDR on the held socket: off while it only holds the port (so
+    /// that no other socket can share it, not even one asking for this very
+    /// number with SO_REUSEADDR), on to listen (listen(2) failed with
+    /// EADDRINUSE here with it off).
+    fn reuse(&self, on: bool) {
+        use std::os::fd::AsRawFd;
+        let v: libc::c_int = on.into();
+        // SAFETY: setsockopt(2) on a socket this value owns, with a c_int value.
+        let r = unsafe {
+            libc::setsockopt(
+                self.sock.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_REUSEADDR,
+                &v as *const libc::c_int as *const libc::c_void,
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(r, 0, "SO_REUSEADDR: {}", std::io::Error::last_os_error());
+    }
+
     /// Starts listening on the held port; the listener shares the socket.
     pub fn listen(&self) -> std::net::TcpListener {
         use std::os::fd::AsRawFd;
+        self.reuse(true);
         // SAFETY: listen(2) on a socket this value owns.
-        assert_eq!(unsafe { libc::listen(self.sock.as_raw_fd(), 1024) }, 0, "listen");
+        let r = unsafe { libc::listen(self.sock.as_raw_fd(), 1024) };
+        assert_eq!(r, 0, "listen on {}: {}", self.addr, std::io::Error::last_os_error());
         let l = std::net::TcpListener::from(self.sock.try_clone().unwrap());
         l.set_nonblocking(false).unwrap();
         l
@@ -1817,5 +1840,6 @@ impl HeldPort {
         // SAFETY: shutdown(2) on a socket this value owns; on a listener it
         // only ends the listening state.
         unsafe { libc::shutdown(self.sock.as_raw_fd(), libc::SHUT_RD) };
+        self.reuse(false);
     }
 }
