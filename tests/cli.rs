@@ -1,3 +1,5 @@
+//! Area: the command line (`check`, `run` with a bad config, `on`/`off`/`status`).
+//!
 //! The command line: `check` (every kind of config error, with
 //! file:line:col and key), `run` with a bad config, `on`/`off`/`status`
 //! (idempotent, atomic), `GATEKEEPER_CONFIG`, `--help`.
@@ -6,13 +8,6 @@ use common::*;
 use std::path::Path;
 
 const UP: &str = "http://127.0.0.1:9";
-
-fn stdout(o: &std::process::Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-fn stderr(o: &std::process::Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
 
 /// Writes `text` as the config and runs `gatekeeper check -c <abs path>`.
 fn check_text(fx: &Fixture, text: &str) -> (String, std::process::Output) {

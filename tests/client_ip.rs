@@ -1,3 +1,5 @@
+//! Area: client address resolution and allowlist matching.
+//!
 //! Client address resolution: trusted vs untrusted peers (127.0.0.2 trusted,
 //! 127.0.0.3 not), X-Forwarded-For walk, Forwarded (RFC 7239), single-IP
 //! headers, allowlist matching, and what the upstream is told.
@@ -5,22 +7,13 @@ mod common;
 use common::*;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-struct Env {
-    fx: Fixture,
-    up: Upstream,
-    gk: Gatekeeper,
-}
-
 fn start(maintenance: bool, edit: impl FnOnce(&Fixture, &mut Config)) -> Env {
-    let fx = Fixture::new();
-    if maintenance {
-        fx.toggle_on();
-    }
-    let up = Upstream::start();
-    let mut c = fx.config(&up.url());
-    edit(&fx, &mut c);
-    let gk = Gatekeeper::start(&fx, &c);
-    Env { fx, up, gk }
+    Env::start(|fx, c| {
+        if maintenance {
+            fx.toggle_on();
+        }
+        edit(fx, c);
+    })
 }
 
 static CASE: AtomicUsize = AtomicUsize::new(0);

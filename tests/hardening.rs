@@ -1,3 +1,5 @@
+//! Area: hardening evidence under load (flips, upstream faults, memory).
+//!
 //! Hardening evidence (see docs/hardening.md): flipping under load, upstream
 //! faults, memory across rounds. Every loop is bounded in count and time.
 //!
@@ -12,11 +14,11 @@ use common::*;
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
-use std::net::{IpAddr, Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, Shutdown, SocketAddr, TcpStream};
 use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -33,13 +35,6 @@ const UP_BODY: &[u8] = b"upstream:/load";
 const ALLOWED: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
 const DENIED: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 3));
 
-/// The tests in this file measure time and memory: run them one at a time.
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 fn long() -> bool {
     std::env::var("GATEKEEPER_LONG").is_ok_and(|v| v == "1")
 }
@@ -48,11 +43,6 @@ fn long() -> bool {
 fn quiet(c: &mut Config) {
     c.set("log.level", &q("warn,gatekeeper::daemon=info"));
     c.set("log.access", "false");
-}
-
-/// A free loopback port for the admin listener (bound, then released).
-fn admin_port() -> u16 {
-    dead_port()
 }
 
 /// Tiny xorshift PRNG: deterministic per seed, no extra dependency.
@@ -379,15 +369,15 @@ async fn flipping_under_load() {
     let allow_file = fx.path("allowlist");
     let (first, _) = allowlist_content(&mut rng, 0);
     atomic_write(&allow_file, &first);
-    let admin = SocketAddr::from(([127, 0, 0, 1], admin_port()));
     let mut c = fx.config(&up.url());
     quiet(&mut c);
     c.set("maintenance.message", &q(MARKER));
     // The file is the only source: a rewrite that lost 127.0.0.2 for a moment would show.
     c.set("clients.allow", "[]");
     c.set("clients.allow_file", &q(allow_file.to_str().unwrap()));
-    c.set("admin.listen", &q(&admin.to_string()));
+    with_admin(&mut c);
     let mut gk = Gatekeeper::start(&fx, &c);
+    let admin = gk.admin();
     let addr = gk.addr;
 
     // Sanity before the storm: off, both clients get the upstream.
@@ -607,8 +597,8 @@ struct Tally {
 }
 
 impl FaultServer {
-    fn start(port: u16, seed: u64) -> FaultServer {
-        let l = TcpListener::bind(("127.0.0.1", port)).expect("bind fault server");
+    fn start(port: &HeldPort, seed: u64) -> FaultServer {
+        let l = port.listen();
         l.set_nonblocking(true).unwrap();
         let stop = Arc::new(AtomicBool::new(false));
         let conns: Arc<Mutex<HashMap<u64, TcpStream>>> = Arc::default();
@@ -641,7 +631,8 @@ impl FaultServer {
                     Err(_) => std::thread::sleep(Duration::from_millis(2)),
                 }
             }
-            // The listener closes here: nothing listens on the port any more.
+            // This clone of the listener closes here; the test ends the
+            // listening with `HeldPort::unlisten`.
         });
         FaultServer {
             stop,
@@ -1032,28 +1023,30 @@ async fn flaky_phase(addr: SocketAddr, mode: &'static str, per_kind: usize) -> F
 async fn upstream_faults() {
     let _serial = serial();
     let seed = seed();
-    let port = dead_port();
+    // The upstream comes and goes on one address, named in the config before
+    // it first listens: a held port, never released in between.
+    let port = HeldPort::new();
     let fx = Fixture::new();
-    let admin = SocketAddr::from(([127, 0, 0, 1], admin_port()));
-    let mut c = fx.config(&format!("http://127.0.0.1:{port}"));
+    let mut c = fx.config(&port.url());
     quiet(&mut c);
     c.set("upstream.timeout", &q("500ms"));
     c.set("upstream.connect_timeout", &q("1s"));
-    c.set("admin.listen", &q(&admin.to_string()));
+    with_admin(&mut c);
     let mut gk = Gatekeeper::start(&fx, &c);
     let addr = gk.addr;
+    let admin = gk.admin();
 
     // A second instance with `timeout = "5s"` for the random-close part: on a
     // loaded 2-core machine a 500 ms deadline can expire for a merely slow
     // exchange; a 504 after 5 s on a 5-byte answer is a request lost, not a slow one.
     let fx2 = Fixture::new();
-    let admin2 = SocketAddr::from(([127, 0, 0, 1], admin_port()));
-    let mut c2 = fx2.config(&format!("http://127.0.0.1:{port}"));
+    let mut c2 = fx2.config(&port.url());
     quiet(&mut c2);
     c2.set("upstream.timeout", &q("5s"));
     c2.set("upstream.connect_timeout", &q("1s"));
-    c2.set("admin.listen", &q(&admin2.to_string()));
+    with_admin(&mut c2);
     let mut gk2 = Gatekeeper::start(&fx2, &c2);
+    let admin2 = gk2.admin();
 
     // /healthz of both polled throughout, on fresh connections.
     let stop_health = Arc::new(AtomicBool::new(false));
@@ -1102,9 +1095,17 @@ async fn upstream_faults() {
     report.push("refused: GET/POST -> 502 (HTML), client connection kept".to_string());
 
     // The upstream comes up.
-    let mut up = FaultServer::start(port, seed);
-    let (s, b) = get_once(LOCALHOST, addr, "/ok").await.unwrap();
-    assert_eq!((s, &b[..]), (200, &b"upstream"[..]));
+    let mut up = FaultServer::start(&port, seed);
+    // A 504 here is this instance's 500 ms deadline on a loaded machine (seen
+    // once), not the upstream: a few tries.
+    let mut first = get_once(LOCALHOST, addr, "/ok").await.unwrap();
+    for _ in 0..4 {
+        if first.0 != 504 {
+            break;
+        }
+        first = get_once(LOCALHOST, addr, "/ok").await.unwrap();
+    }
+    assert_eq!((first.0, &first.1[..]), (200, &b"upstream"[..]));
 
     // Resets mid-response and before the head.
     for path in ["/reset", "/reset-big", "/reset-chunked"] {
@@ -1208,9 +1209,10 @@ async fn upstream_faults() {
 
     // The upstream goes away (every pooled connection dies), then comes back.
     up.stop();
+    port.unlisten();
     let (s, _) = get_once(LOCALHOST, addr, "/ok").await.unwrap();
     assert_eq!(s, 502, "upstream gone");
-    let mut up = FaultServer::start(port, seed ^ 1);
+    let mut up = FaultServer::start(&port, seed ^ 1);
     let mut back = Vec::new();
     for _ in 0..20 {
         back.push(get_once(LOCALHOST, addr, "/ok").await.map(|x| x.0));
@@ -1293,26 +1295,6 @@ fn payload() -> Bytes {
     Bytes::from(v)
 }
 
-/// Lifts this process's soft RLIMIT_NOFILE to the hard limit; returns the new soft limit.
-fn raise_nofile() -> u64 {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: plain syscalls on a stack value.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
-            return 0;
-        }
-        if lim.rlim_cur < lim.rlim_max {
-            lim.rlim_cur = lim.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-            libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
-        }
-    }
-    lim.rlim_cur
-}
-
 fn mib(kib: u64) -> f64 {
     kib as f64 / 1024.0
 }
@@ -1335,12 +1317,12 @@ async fn memory_stays_flat() {
 
     let fx = Fixture::new();
     let up = Upstream::start();
-    let admin = SocketAddr::from(([127, 0, 0, 1], admin_port()));
     let mut c = fx.config(&up.url());
     quiet(&mut c);
     c.set("server.header_timeout", &q("60s"));
-    c.set("admin.listen", &q(&admin.to_string()));
+    with_admin(&mut c);
     let mut gk = Gatekeeper::start(&fx, &c);
+    let admin = gk.admin();
     let addr = gk.addr;
     let pid = gk.pid();
     let body = payload();
@@ -1485,94 +1467,4 @@ async fn memory_stays_flat() {
     assert!(peak_idle < 200 * 1024, "peak RSS {peak_idle} KiB >= 200 MiB");
     assert!(alive(&mut gk));
     drop(up);
-}
-
-/// Diagnostic (not part of CI): the same flaky upstream through a bare
-/// hyper-util legacy client configured as gatekeeper's (src/proxy.rs), without
-/// gatekeeper in between: shows which failures come from the client library.
-/// `cargo test --test hardening diag_bare_client -- --ignored --nocapture`
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore]
-async fn diag_bare_client_on_flaky_upstream() {
-    use hyper_util::client::legacy::{connect::HttpConnector, Client};
-    let _serial = serial();
-    let port = dead_port();
-    let up = FaultServer::start(port, seed());
-    let per_kind: usize = std::env::var("GK_DIAG_N")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(5000);
-    for mode in ["fin", "idle"] {
-        let mut b = Client::builder(hyper_util::rt::TokioExecutor::new());
-        b.pool_idle_timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(1024);
-        let mut conn = HttpConnector::new();
-        conn.set_nodelay(true);
-        conn.set_connect_timeout(Some(Duration::from_secs(1)));
-        let client: Client<HttpConnector, Body> = b.build(conn);
-        let fails: Arc<Mutex<Vec<String>>> = Arc::default();
-        let mut hs = Vec::new();
-        let t = Instant::now();
-        for w in 0..4 {
-            let (client, fails) = (client.clone(), fails.clone());
-            hs.push(tokio::spawn(async move {
-                for i in 0..(2 * per_kind / 4) {
-                    let post = i % 2 == 1;
-                    let uri = format!("http://127.0.0.1:{port}/flaky?mode={mode}&id=d{w}-{i}");
-                    let r = Request::builder()
-                        .method(if post { "POST" } else { "GET" })
-                        .uri(uri)
-                        .body(if post { full("data") } else { empty() })
-                        .unwrap();
-                    let t1 = Instant::now();
-                    match tokio::time::timeout(Duration::from_secs(5), client.request(r)).await {
-                        Ok(Ok(resp)) => {
-                            let _ = resp.into_body().collect().await;
-                        }
-                        Ok(Err(e)) => {
-                            let mut s = e.to_string();
-                            let mut cur = std::error::Error::source(&e);
-                            while let Some(c) = cur {
-                                s.push_str(&format!(": {c}"));
-                                cur = c.source();
-                            }
-                            fails
-                                .lock()
-                                .unwrap()
-                                .push(format!("{} error: {s}", if post { "POST" } else { "GET" }));
-                        }
-                        Err(_) => fails.lock().unwrap().push(format!(
-                            "{} HANG > 5 s ({:?}) id=d{w}-{i}",
-                            if post { "POST" } else { "GET" },
-                            t1.elapsed()
-                        )),
-                    }
-                }
-            }));
-        }
-        for h in hs {
-            h.await.unwrap();
-        }
-        let fails = fails.lock().unwrap().clone();
-        let mut kinds: Vec<(String, usize)> = Vec::new();
-        for f in &fails {
-            let k = if f.contains("HANG") {
-                f.split(" id=").next().unwrap().to_string()
-            } else {
-                f.clone()
-            };
-            match kinds.iter_mut().find(|(t, _)| *t == k) {
-                Some(e) => e.1 += 1,
-                None => kinds.push((k, 1)),
-            }
-        }
-        eprintln!(
-            "bare hyper-util client, mode {mode}: {per_kind} GET + {per_kind} POST in {:?}: {kinds:#?}",
-            t.elapsed()
-        );
-        for f in fails.iter().filter(|f| f.contains("HANG")) {
-            let id = f.split("id=").nth(1).unwrap();
-            eprintln!("  {f} -> upstream saw it: {:?}", up.tally.seen.lock().unwrap().get(id));
-        }
-    }
 }

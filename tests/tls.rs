@@ -1,3 +1,5 @@
+//! Area: TLS listeners.
+//!
 //! TLS listeners end to end, with certificates made at test time (rcgen):
 //! handshake, versions, ALPN, HTTP/2 over TLS in and out of maintenance,
 //! X-Forwarded-Proto, certificate rotation and refused broken renewals, SNI,
@@ -6,7 +8,7 @@ mod common;
 use common::*;
 
 use std::net::{IpAddr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -67,13 +69,6 @@ impl Ca {
             der: cert.der().clone(),
         }
     }
-}
-
-/// Replaces `path` the way certbot and config management do: temp file + rename.
-fn replace(path: &Path, content: &str) {
-    let tmp = path.with_extension("tmp-new");
-    std::fs::write(&tmp, content).unwrap();
-    std::fs::rename(&tmp, path).unwrap();
 }
 
 // ---------------------------------------------------------------------------
@@ -232,14 +227,6 @@ impl Site {
     }
 }
 
-fn https(gk: &Gatekeeper) -> SocketAddr {
-    gk.listeners
-        .iter()
-        .find(|(_, kind)| kind == "https")
-        .unwrap_or_else(|| panic!("no https listener: {:?}\n{}", gk.listeners, gk.log()))
-        .0
-}
-
 // ---------------------------------------------------------------------------
 // Tests
 // ---------------------------------------------------------------------------
@@ -249,7 +236,7 @@ async fn handshake_versions_and_alpn() {
     let site = Site::new();
     let up = Upstream::start();
     let gk = Gatekeeper::start(&site.fx, &site.config(&up.url()));
-    let addr = https(&gk);
+    let addr = gk.listener("https");
     assert_ne!(addr, gk.addr);
 
     // Default client: TLS 1.3, h2 chosen, full chain sent, verified for "localhost".
@@ -310,7 +297,7 @@ async fn h2_over_tls_is_proxied_with_forwarded_proto_https() {
     let site = Site::new();
     let up = Upstream::start();
     let gk = Gatekeeper::start(&site.fx, &site.config(&up.url()));
-    let addr = https(&gk);
+    let addr = gk.listener("https");
 
     let mut tx = h2_over(handshake(addr, &site.ca, "localhost").await).await;
     // A spoofed X-Forwarded-Proto from an untrusted client is replaced.
@@ -363,7 +350,7 @@ async fn h2_over_tls_during_maintenance_page_assets_and_bypass() {
     let mut cfg = site.config(&up.url());
     cfg.set("clients.allow", &arr(&["127.0.0.2"]));
     let gk = Gatekeeper::start(&site.fx, &cfg);
-    let addr = https(&gk);
+    let addr = gk.listener("https");
     let mut tx = h2_over(handshake(addr, &site.ca, "localhost").await).await;
 
     let r = h2_send(&mut tx, "GET", "/some/page", &[]).await;
@@ -425,7 +412,7 @@ async fn certificate_rotation_by_rename() {
     let site = Site::new();
     let up = Upstream::start();
     let gk = Gatekeeper::start(&site.fx, &site.config(&up.url()));
-    let addr = https(&gk);
+    let addr = gk.listener("https");
     let tls = handshake(addr, &site.ca, "localhost").await;
     assert_eq!(leaf_of(&tls), site.leaf.der);
     let mut old_h2 = h2_over(tls).await;
@@ -478,7 +465,7 @@ async fn broken_certificate_is_refused_on_reload() {
     let site = Site::new();
     let up = Upstream::start();
     let gk = Gatekeeper::start(&site.fx, &site.config(&up.url()));
-    let addr = https(&gk);
+    let addr = gk.listener("https");
     let mut established = h2_over(handshake(addr, &site.ca, "localhost").await).await;
     let key = site.key.display().to_string();
     let cert = site.cert.display().to_string();
@@ -671,7 +658,7 @@ async fn sni_selects_among_tls_certs() {
     }
     let path = fx.write("gatekeeper.toml", &text);
     let gk = Gatekeeper::start_with_path(&path);
-    let addr = https(&gk);
+    let addr = gk.listener("https");
     for (sni, want) in [
         ("a.test", &a),
         ("b.test", &b),
@@ -717,12 +704,13 @@ async fn redirect_http_sends_308_to_the_tls_port() {
     let site = Site::new();
     let up = Upstream::start();
     let mut cfg = site.config(&up.url());
-    let tls_port = dead_port();
-    cfg.set("tls.listen", &arr(&[&format!("127.0.0.1:{tls_port}")]));
+    cfg.set("tls.listen", &arr(&["127.0.0.1:0"]));
     cfg.set("tls.redirect_http", "true");
     cfg.set("maintenance.bypass_paths", &arr(&["/healthz"]));
     let gk = Gatekeeper::start(&site.fx, &cfg);
-    assert_eq!(https(&gk).port(), tls_port);
+    // The port the TLS listener really got, not 0.
+    let tls_port = gk.listener("https").port();
+    assert_ne!(tls_port, 0);
 
     for (host, want_host) in [
         ("example.com", "example.com"),
@@ -757,7 +745,7 @@ async fn redirect_http_sends_308_to_the_tls_port() {
     site.fx.toggle_on();
     assert!(
         eventually_async(Duration::from_secs(3), || async {
-            let mut tx = h2_over(handshake(https(&gk), &site.ca, "localhost").await).await;
+            let mut tx = h2_over(handshake(gk.listener("https"), &site.ca, "localhost").await).await;
             h2_send(&mut tx, "GET", "/", &[]).await.status == 503
         })
         .await
@@ -769,7 +757,7 @@ async fn redirect_http_sends_308_to_the_tls_port() {
     );
     site.fx.toggle_off();
     // The TLS listener itself is not redirected.
-    let mut tx = h2_over(handshake(https(&gk), &site.ca, "localhost").await).await;
+    let mut tx = h2_over(handshake(gk.listener("https"), &site.ca, "localhost").await).await;
     assert!(
         eventually_async(Duration::from_secs(3), || {
             let mut tx = tx.clone();
@@ -780,21 +768,6 @@ async fn redirect_http_sends_308_to_the_tls_port() {
     assert_eq!(h2_send(&mut tx, "GET", "/x", &[]).await.text(), "upstream:/x");
 }
 
-/// With `tls.listen = ["127.0.0.1:0"]` the redirect must name the port the
-/// TLS listener really got, not 0.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redirect_http_names_the_bound_port() {
-    let site = Site::new();
-    let up = Upstream::start();
-    let mut cfg = site.config(&up.url());
-    cfg.set("tls.redirect_http", "true");
-    let gk = Gatekeeper::start(&site.fx, &cfg);
-    let port = https(&gk).port();
-    let r = raw_response(gk.addr, b"GET /p HTTP/1.1\r\nHost: localhost\r\n\r\n").await;
-    assert_eq!(r.status, 308, "{r:?}");
-    assert_eq!(location(&r), format!("https://localhost:{port}/p"));
-}
-
 /// `upstream.url = "h2c://…"`: HTTP/2 with prior knowledge to the app, whatever the client speaks.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h2c_upstream_behind_tls_and_plain_listeners() {
@@ -802,7 +775,7 @@ async fn h2c_upstream_behind_tls_and_plain_listeners() {
     let up = Upstream::start();
     let cfg = site.config(&format!("h2c://{}", up.addr));
     let gk = Gatekeeper::start(&site.fx, &cfg);
-    let mut tx = h2_over(handshake(https(&gk), &site.ca, "localhost").await).await;
+    let mut tx = h2_over(handshake(gk.listener("https"), &site.ca, "localhost").await).await;
     let e = h2_send(&mut tx, "GET", "/echo/tls", &[]).await.echo();
     assert_eq!(e.version, "HTTP/2.0");
     assert_eq!(e.one("x-forwarded-proto"), Some("https"));

@@ -1,3 +1,5 @@
+//! Area: the toggle file and how fast flips take effect.
+//!
 //! The toggle file: every way operators and tools switch it flips the next
 //! requests on an already open kept-alive connection, quickly (inotify, not
 //! the 2 s fallback timer).
@@ -15,11 +17,17 @@ const FAST: Duration = Duration::from_millis(300);
 /// Hard bound for any flip: the fallback timer must have caught it by then.
 const HARD: Duration = Duration::from_millis(2500);
 
+/// The daemon, and how long each flip took.
 struct Env {
-    fx: Fixture,
-    _up: Upstream,
-    gk: Gatekeeper,
+    base: common::Env,
     flips: std::sync::Mutex<Vec<(String, Duration)>>,
+}
+
+impl std::ops::Deref for Env {
+    type Target = common::Env;
+    fn deref(&self) -> &common::Env {
+        &self.base
+    }
 }
 
 impl Env {
@@ -42,14 +50,8 @@ impl Env {
 }
 
 fn start_with(fx: Fixture, edit: impl FnOnce(&Fixture, &mut Config)) -> Env {
-    let up = Upstream::start();
-    let mut c = fx.config(&up.url());
-    edit(&fx, &mut c);
-    let gk = Gatekeeper::start(&fx, &c);
     Env {
-        fx,
-        _up: up,
-        gk,
+        base: common::Env::launch(fx, Upstream::start(), |fx, _, c| edit(fx, c)),
         flips: Default::default(),
     }
 }

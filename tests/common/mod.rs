@@ -10,6 +10,8 @@
 //!   [`raw`] / [`raw_response`] for hand-written requests, [`eventually`].
 #![allow(dead_code)]
 
+pub mod syncapp;
+
 use std::convert::Infallible;
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader, Read};
@@ -238,6 +240,28 @@ impl Fixture {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => panic!("remove toggle: {e}"),
         }
+    }
+}
+
+/// A fixture, an in-process upstream and the daemon in front of it.
+pub struct Env {
+    pub fx: Fixture,
+    pub up: Upstream,
+    pub gk: Gatekeeper,
+}
+
+impl Env {
+    /// The base config for `up`, changed by `edit`, and the daemon started on it.
+    pub fn launch(fx: Fixture, up: Upstream, edit: impl FnOnce(&Fixture, &Upstream, &mut Config)) -> Env {
+        let mut c = fx.config(&up.url());
+        edit(&fx, &up, &mut c);
+        let gk = Gatekeeper::start(&fx, &c);
+        Env { fx, up, gk }
+    }
+
+    /// [`Env::launch`] with a new fixture and a TCP upstream.
+    pub fn start(edit: impl FnOnce(&Fixture, &mut Config)) -> Env {
+        Self::launch(Fixture::new(), Upstream::start(), |fx, _, c| edit(fx, c))
     }
 }
 
@@ -527,6 +551,25 @@ impl Gatekeeper {
     pub fn wait_for_log(&self, pattern: &str, timeout: Duration) -> Option<String> {
         let re = regex::Regex::new(pattern).expect("log regex");
         self.stderr.wait_for(&re, timeout)
+    }
+
+    /// Waits until `needle` appears in at least `n` lines of the log.
+    pub fn wait_count(&self, needle: &str, n: usize, bound: Duration) -> bool {
+        eventually(bound, || count(&self.log(), needle) >= n)
+    }
+
+    /// The admin endpoint's address.
+    pub fn admin(&self) -> SocketAddr {
+        self.listener("admin")
+    }
+
+    /// The first listener of `kind` ("http", "https", "admin") the log named.
+    pub fn listener(&self, kind: &str) -> SocketAddr {
+        self.listeners
+            .iter()
+            .find(|(_, k)| k == kind)
+            .unwrap_or_else(|| panic!("no {kind} listener: {:?}\n{}", self.listeners, self.log()))
+            .0
     }
 
     pub fn signal(&self, sig: libc::c_int) {
@@ -969,6 +1012,15 @@ async fn upstream_handle(mut req: Request<Incoming>, st: UpState) -> Result<Resp
     Ok(resp(200, full(format!("upstream:{path}"))))
 }
 
+/// All values of header `name` (case-insensitive), in order.
+fn header_values<'a>(headers: &'a [(String, String)], name: &str) -> Vec<&'a str> {
+    headers
+        .iter()
+        .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
+        .collect()
+}
+
 /// Parsed `/echo` answer.
 #[derive(Debug, Clone)]
 pub struct Echo {
@@ -1005,11 +1057,7 @@ impl Echo {
 
     /// All values of a header (case-insensitive name), in order.
     pub fn all(&self, name: &str) -> Vec<&str> {
-        self.headers
-            .iter()
-            .filter(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-            .collect()
+        header_values(&self.headers, name)
     }
 
     /// The single value of a header; panics when it appears more than once.
@@ -1069,11 +1117,10 @@ pub async fn connect_from(from: IpAddr, addr: SocketAddr) -> std::io::Result<Tcp
     Ok(s)
 }
 
-/// `[admin] listen` on a free loopback port.
-pub fn with_admin(cfg: &mut Config) -> SocketAddr {
-    let addr = SocketAddr::from(([127, 0, 0, 1], dead_port()));
-    cfg.set("admin.listen", &q(&addr.to_string()));
-    addr
+/// `[admin] listen` on a loopback port the daemon picks: read it with
+/// [`Gatekeeper::admin`] once started.
+pub fn with_admin(cfg: &mut Config) {
+    cfg.set("admin.listen", &q("127.0.0.1:0"));
 }
 
 /// The value of one sample (`name` or `name{labels}`) in a Prometheus text page.
@@ -1230,11 +1277,7 @@ pub struct RawResp {
 
 impl RawResp {
     pub fn all(&self, name: &str) -> Vec<&str> {
-        self.headers
-            .iter()
-            .filter(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-            .collect()
+        header_values(&self.headers, name)
     }
     pub fn header(&self, name: &str) -> Option<&str> {
         self.all(name).first().copied()
@@ -1383,12 +1426,6 @@ pub fn raw_status(s: &str) -> u16 {
         .and_then(|r| r.get(..3))
         .and_then(|c| c.parse().ok())
         .unwrap_or(0)
-}
-
-/// A port on 127.0.0.1 where nothing listens (bound then released).
-pub fn dead_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
 }
 
 /// Toggle state change and wait helper: polls `conn` with GET `path` until the
@@ -1558,4 +1595,251 @@ pub async fn download(conn: &mut Conn, target: &str) -> (u16, u64, String) {
         }
     }
     (status, n, f.hex())
+}
+
+// ---------------------------------------------------------------------------
+// Small shared helpers
+// ---------------------------------------------------------------------------
+
+/// Number of lines of `log` that contain `needle`.
+pub fn count(log: &str, needle: &str) -> usize {
+    log.lines().filter(|l| l.contains(needle)).count()
+}
+
+/// True when a TCP connect to `addr` is refused (nothing listens there).
+pub fn refused(addr: SocketAddr) -> bool {
+    matches!(
+        std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(300)),
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused
+    )
+}
+
+/// Replaces `path` the way editors, certbot and config management do: temp file + rename.
+pub fn replace(path: &Path, content: &str) {
+    let tmp = path.with_extension("tmp-new");
+    std::fs::write(&tmp, content).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// Polls GET `path` on `c` until `ok` holds for the response (bounded).
+pub async fn until_resp(c: &mut Conn, path: &str, bound: Duration, ok: impl Fn(&Resp) -> bool) -> Option<Resp> {
+    let t0 = Instant::now();
+    loop {
+        let r = c.get(path).await;
+        if ok(&r) {
+            return Some(r);
+        }
+        if t0.elapsed() > bound {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Let through during maintenance (allowlisted client or bypass credential).
+pub fn bypassed(r: &Resp) -> bool {
+    r.status == 200 && r.header("x-maintenance-mode") == Some("bypass")
+}
+
+// ---------------------------------------------------------------------------
+// The command line against a config, before and while the daemon runs
+// ---------------------------------------------------------------------------
+
+/// Wall-clock seconds since the epoch (the daemon's clock: same machine).
+pub fn wall() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
+pub fn first_line(s: &str) -> &str {
+    s.lines().next().unwrap_or("")
+}
+
+/// Runs `gatekeeper <args> -c <cfg>`, requires success, returns stdout.
+pub fn cli_ok(cfg: &Path, args: &[&str]) -> String {
+    let mut all: Vec<&str> = args.to_vec();
+    all.extend(["-c", cfg.to_str().unwrap()]);
+    let o = gk(&all);
+    assert!(o.status.success(), "gatekeeper {all:?} failed:\n{}", show(&o));
+    String::from_utf8(o.stdout).unwrap()
+}
+
+/// Asserts that `f` comes true within `timeout` (polled).
+pub async fn wait_until(
+    what: &str,
+    timeout: Duration,
+    f: impl FnMut() -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>>,
+) {
+    assert!(eventually_async(timeout, f).await, "{what} within {timeout:?}");
+}
+
+/// A fixture, an upstream and a written config, for CLI commands before the
+/// daemon starts (`on --secret`, `on --from`) and while it runs.
+pub struct CliEnv {
+    pub fx: Fixture,
+    pub up: Upstream,
+    pub cfg: PathBuf,
+}
+
+impl CliEnv {
+    /// Fixture, upstream and a written config (`edit` may add keys); no daemon yet.
+    pub fn new(edit: impl FnOnce(&Fixture, &mut Config)) -> CliEnv {
+        let fx = Fixture::new();
+        let up = Upstream::start();
+        let mut c = fx.config(&up.url());
+        edit(&fx, &mut c);
+        let cfg = c.write(&fx);
+        CliEnv { fx, up, cfg }
+    }
+
+    pub fn on(&self, args: &[&str]) -> String {
+        let mut all = vec!["on"];
+        all.extend_from_slice(args);
+        cli_ok(&self.cfg, &all)
+    }
+
+    pub fn status(&self, show_secret: bool) -> String {
+        if show_secret {
+            cli_ok(&self.cfg, &["status", "--show-secret"])
+        } else {
+            cli_ok(&self.cfg, &["status"])
+        }
+    }
+
+    pub fn toggle_text(&self) -> String {
+        std::fs::read_to_string(self.fx.toggle()).unwrap_or_else(|e| panic!("read toggle: {e}"))
+    }
+
+    pub fn start(&self) -> Gatekeeper {
+        Gatekeeper::start_with_path(&self.cfg)
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Test-process helpers
+// ---------------------------------------------------------------------------
+
+/// Tests that measure time or memory, or hold thousands of sockets, run one
+/// at a time within their file, so that one does not skew another's figures
+/// on a small machine.
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static SERIAL: Mutex<()> = Mutex::new(());
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Raises this process's RLIMIT_NOFILE soft limit to the hard limit (children
+/// such as slowhttptest inherit it); returns the new soft limit.
+pub fn raise_nofile() -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain syscalls on a stack value.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return 1024;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+            libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
+        }
+    }
+    lim.rlim_cur
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+// ---------------------------------------------------------------------------
+// Ports
+// ---------------------------------------------------------------------------
+
+/// A loopback port held for the test's duration: bound but not listening, so
+/// connections to it are refused and no other socket can take the port (a
+/// port bound and released could be taken by anyone before its use).
+/// [`HeldPort::listen`] and [`HeldPort::unlisten`] bring a server up and down
+/// on it without ever letting the port go.
+pub struct HeldPort {
+    sock: std::os::fd::OwnedFd,
+    pub addr: SocketAddr,
+}
+
+impl HeldPort {
+    pub fn new() -> HeldPort {
+        use std::os::fd::{FromRawFd, IntoRawFd};
+        // Linux keeps a port across a listener's shutdown only when it was
+        // bound by number: take a free one with a first socket, bind a second
+        // to it by number (SO_REUSEADDR on both, allowed while neither
+        // listens), then close the first.
+        let first = TcpSocket::new_v4().unwrap();
+        first.set_reuseaddr(true).unwrap();
+        first.bind(SocketAddr::from(([127, 0, 0, 1], 0))).unwrap();
+        let addr = first.local_addr().unwrap();
+        let held = TcpSocket::new_v4().unwrap();
+        held.set_reuseaddr(true).unwrap();
+        held.bind(addr).unwrap();
+        drop(first);
+        held.set_reuseaddr(false).unwrap();
+        // SAFETY: the descriptor was just taken out of `held`, which no longer owns it.
+        let sock = unsafe { std::os::fd::OwnedFd::from_raw_fd(held.into_raw_fd()) };
+        HeldPort { sock, addr }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// `http://127.0.0.1:PORT`
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// SO_REUSEADDR on the held socket: off while it only holds the port (so
+    /// that no other socket can share it, not even one asking for this very
+    /// number with SO_REUSEADDR), on to listen (listen(2) failed with
+    /// EADDRINUSE here with it off).
+    fn reuse(&self, on: bool) {
+        use std::os::fd::AsRawFd;
+        let v: libc::c_int = on.into();
+        // SAFETY: setsockopt(2) on a socket this value owns, with a c_int value.
+        let r = unsafe {
+            libc::setsockopt(
+                self.sock.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_REUSEADDR,
+                &v as *const libc::c_int as *const libc::c_void,
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(r, 0, "SO_REUSEADDR: {}", std::io::Error::last_os_error());
+    }
+
+    /// Starts listening on the held port; the listener shares the socket.
+    pub fn listen(&self) -> std::net::TcpListener {
+        use std::os::fd::AsRawFd;
+        self.reuse(true);
+        // SAFETY: listen(2) on a socket this value owns.
+        let r = unsafe { libc::listen(self.sock.as_raw_fd(), 1024) };
+        assert_eq!(r, 0, "listen on {}: {}", self.addr, std::io::Error::last_os_error());
+        let l = std::net::TcpListener::from(self.sock.try_clone().unwrap());
+        l.set_nonblocking(false).unwrap();
+        l
+    }
+
+    /// Stops listening (connections are refused again); the port stays held.
+    pub fn unlisten(&self) {
+        use std::os::fd::AsRawFd;
+        // SAFETY: shutdown(2) on a socket this value owns; on a listener it
+        // only ends the listening state.
+        unsafe { libc::shutdown(self.sock.as_raw_fd(), libc::SHUT_RD) };
+        self.reuse(false);
+    }
 }
