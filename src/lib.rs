@@ -31,6 +31,8 @@ pub mod fleet;
 pub mod hop;
 /// Log setup.
 pub mod logging;
+/// The man page and shell completions, from the command-line definition.
+pub mod manual;
 /// Prometheus metrics.
 pub mod metrics;
 /// Maintenance page, assets, error pages.
