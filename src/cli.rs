@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::config::DEFAULT_PATH;
 
@@ -89,6 +89,30 @@ pub enum Command {
     /// Exit 0 when the running daemon's admin endpoint answers /healthz (for container health checks)
     #[command(hide = true)]
     Health,
+    /// Print the man page (roff, section 8), made from these commands and options
+    #[command(
+        after_help = "Examples:\n  gatekeeper man | man -l -\n  gatekeeper man > /usr/local/share/man/man8/gatekeeper.8"
+    )]
+    Man,
+    /// Print the shell completion script for bash, zsh or fish
+    #[command(
+        after_help = "Examples:\n  gatekeeper completions bash > /etc/bash_completion.d/gatekeeper\n  \
+        gatekeeper completions zsh > /usr/local/share/zsh/site-functions/_gatekeeper\n  \
+        gatekeeper completions fish > ~/.config/fish/completions/gatekeeper.fish"
+    )]
+    Completions {
+        /// The shell to write the script for
+        #[arg(value_enum)]
+        shell: Shell,
+    },
+}
+
+/// The shells the package ships completions for.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Shell {
+    Bash,
+    Zsh,
+    Fish,
 }
 
 #[derive(Args, Debug, Default)]

@@ -49,6 +49,8 @@ pub mod linger;
 pub mod logging;
 /// The maintenance view: derived from toggle, fleet key, config and clock.
 pub mod maint;
+/// The man page and shell completions, from the command-line definition.
+pub mod manual;
 /// Prometheus metrics.
 pub mod metrics;
 /// Maintenance page, assets, error pages.

@@ -2,7 +2,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use gatekeeper::cli::{Cli, Command};
-use gatekeeper::{commands, config::Config, daemon, logging};
+use gatekeeper::{commands, config::Config, daemon, logging, manual};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -43,6 +43,8 @@ fn main() -> ExitCode {
         Command::Undrain => commands::drain(path, false),
         Command::Status { show_secret } => commands::status(path, show_secret),
         Command::Health => commands::health(path),
+        Command::Man => manual::man_page().map_err(anyhow::Error::from).and_then(write_out),
+        Command::Completions { shell } => write_out(manual::completions(shell)),
     };
     match result {
         Ok(out) => {
@@ -56,6 +58,16 @@ fn main() -> ExitCode {
             None => fail(&e),
         },
     }
+}
+
+/// Generated text goes out as it is (no newline added); a closed pipe
+/// (`| head`) is an error, not a panic.
+fn write_out(bytes: Vec<u8>) -> anyhow::Result<String> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    out.write_all(&bytes)?;
+    out.flush()?;
+    Ok(String::new())
 }
 
 fn fail_config(e: &gatekeeper::config::ConfigErrors) -> ExitCode {

@@ -16,8 +16,10 @@ use std::process::{Command, Output};
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
-/// Where the unit and the image put the binary, the config and the toggle.
-const INSTALLED_BIN: &str = "/usr/local/bin/gatekeeper";
+/// Where the unit (as the Debian package installs it) and the image put the
+/// binary, and where both keep the config and the toggle.
+const UNIT_BIN: &str = "/usr/bin/gatekeeper";
+const IMAGE_BIN: &str = "/usr/local/bin/gatekeeper";
 const CONFIG: &str = "/etc/gatekeeper/gatekeeper.toml";
 const TOGGLE_DIR: &str = "/var/lib/gatekeeper";
 
@@ -163,12 +165,9 @@ fn service_runs_check_then_run_and_reloads_with_sighup() {
     let u = service();
     assert_eq!(
         u.one("Service", "ExecStartPre"),
-        format!("{INSTALLED_BIN} check -c {CONFIG}")
+        format!("{UNIT_BIN} check -c {CONFIG}")
     );
-    assert_eq!(
-        u.one("Service", "ExecStart"),
-        format!("{INSTALLED_BIN} run -c {CONFIG}")
-    );
+    assert_eq!(u.one("Service", "ExecStart"), format!("{UNIT_BIN} run -c {CONFIG}"));
     let reload = u.all("Service", "ExecReload");
     assert_eq!(
         reload.last(),
@@ -179,7 +178,7 @@ fn service_runs_check_then_run_and_reloads_with_sighup() {
     // verify test below rewrites it to the freshly built binary).
     for (s, k, v) in &u.0 {
         if k.starts_with("Exec") && v.contains("gatekeeper ") {
-            assert!(v.starts_with(INSTALLED_BIN), "[{s}] {k}={v}");
+            assert!(v.starts_with(UNIT_BIN), "[{s}] {k}={v}");
         }
     }
 }
@@ -292,11 +291,8 @@ fn units_in_tempdir(extra_service_line: Option<&str>) -> (tempfile::TempDir, Pat
     use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
     let text = read("systemd/gatekeeper.service");
-    assert!(
-        text.matches(INSTALLED_BIN).count() >= 2,
-        "unit does not use {INSTALLED_BIN}"
-    );
-    let mut text = text.replace(INSTALLED_BIN, BIN);
+    assert!(text.matches(UNIT_BIN).count() >= 2, "unit does not use {UNIT_BIN}");
+    let mut text = text.replace(UNIT_BIN, BIN);
     if let Some(line) = extra_service_line {
         text = text.replace("[Service]\n", &format!("[Service]\n{line}\n"));
     }
@@ -576,11 +572,11 @@ fn dockerfile_builds_in_rust_and_runs_non_root() {
     assert!(
         last.find("COPY").any(|i| {
             let (flags, words) = flags_and_words(&i.args);
-            flags.iter().any(|(k, v)| *k == "from" && names.contains(v)) && words.last() == Some(&INSTALLED_BIN)
+            flags.iter().any(|(k, v)| *k == "from" && names.contains(v)) && words.last() == Some(&IMAGE_BIN)
         }),
-        "final stage must COPY --from=<build stage> ... {INSTALLED_BIN}"
+        "final stage must COPY --from=<build stage> ... {IMAGE_BIN}"
     );
-    assert_eq!(json_array(&last.last("ENTRYPOINT").args), [INSTALLED_BIN]);
+    assert_eq!(json_array(&last.last("ENTRYPOINT").args), [IMAGE_BIN]);
     assert_eq!(json_array(&last.last("CMD").args), ["run", "-c", CONFIG]);
     assert_eq!(last.last("STOPSIGNAL").args, "SIGTERM");
     let config_env: Vec<&str> = last
@@ -676,7 +672,7 @@ fn dockerfile_healthcheck_asks_the_admin_endpoint() {
     let argv = json_array(cmd.trim());
     assert_eq!(
         argv,
-        [INSTALLED_BIN, "health", "-c", CONFIG],
+        [IMAGE_BIN, "health", "-c", CONFIG],
         "HEALTHCHECK runs `gatekeeper health`"
     );
     // `health` GETs the admin /healthz, which must be up and reachable from
