@@ -265,25 +265,18 @@ pub fn spawn_config_watch(
             k.notify_one();
         }
     })?;
+    // Before returning (so before the daemon says it is ready): the files as
+    // they are now, and their directories watched. Taken in the task, an edit
+    // landing between "ready" and the task's first run would be missed.
+    let mut watched = HashSet::new();
+    let mut last = fingerprint(&config_files(&state));
+    watch_dirs(&mut watcher, &mut watched, &names, &config_files(&state));
     tokio::spawn(async move {
-        let mut watched = HashSet::new();
-        let mut last = fingerprint(&config_files(&state));
         loop {
             // Recomputed every round: a reload may name new files, and a refused
             // config's files must be watched too, so that fixing them is noticed.
             let files = config_files(&state);
-            if let Ok(mut n) = names.lock() {
-                *n = files
-                    .iter()
-                    .filter_map(|f| f.file_name().map(ToOwned::to_owned))
-                    .collect();
-            }
-            let dirs: HashSet<PathBuf> = files.iter().map(|f| fsutil::parent_dir(f).to_path_buf()).collect();
-            for d in dirs.difference(&watched).cloned().collect::<Vec<_>>() {
-                if watcher.watch(&d, RecursiveMode::NonRecursive).is_ok() {
-                    watched.insert(d);
-                }
-            }
+            watch_dirs(&mut watcher, &mut watched, &names, &files);
             // Compared before waiting: a file that joined the set just now may
             // have changed while its events were not yet ours. The fingerprint is
             // taken before reloading, so a write during the reload still looks new.
@@ -332,6 +325,27 @@ fn config_files(state: &State) -> Vec<PathBuf> {
     files.sort();
     files.dedup();
     files
+}
+
+/// Watches the directories of `files` (those not watched yet) and makes their names the ones that count.
+fn watch_dirs(
+    watcher: &mut RecommendedWatcher,
+    watched: &mut HashSet<PathBuf>,
+    names: &std::sync::Mutex<HashSet<OsString>>,
+    files: &[PathBuf],
+) {
+    if let Ok(mut n) = names.lock() {
+        *n = files
+            .iter()
+            .filter_map(|f| f.file_name().map(ToOwned::to_owned))
+            .collect();
+    }
+    let dirs: HashSet<PathBuf> = files.iter().map(|f| fsutil::parent_dir(f).to_path_buf()).collect();
+    for d in dirs.difference(watched).cloned().collect::<Vec<_>>() {
+        if watcher.watch(&d, RecursiveMode::NonRecursive).is_ok() {
+            watched.insert(d);
+        }
+    }
 }
 
 fn fingerprint(files: &[PathBuf]) -> Vec<Option<Vec<u8>>> {
