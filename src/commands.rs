@@ -9,6 +9,7 @@ use anyhow::Context;
 use crate::cli::OnArgs;
 use crate::config::{Config, ConfigErrors};
 use crate::fleet;
+use crate::history;
 use crate::maint::{onoff, FleetView, Maint};
 use crate::page::human_until;
 use crate::runtime::Loaded;
@@ -69,7 +70,18 @@ pub fn on(path: &Path, args: OnArgs) -> anyhow::Result<String> {
         secret: secret.clone(),
         from: args.from,
         until,
+        by: Some(history::operator()),
+        at: Some(jiff::Timestamp::from_second(now.as_second())?),
+        reason: args.reason.clone(),
     };
+    let asked = if args.fleet { "on --fleet" } else { "on" };
+    let t = &cfg.maintenance.toggle;
+    let noted = history::note(history::append_command(
+        t,
+        asked,
+        Some(history::describe(&content)),
+        args.reason.as_deref(),
+    ));
     let mut out = if args.fleet {
         let f = cfg
             .fleet
@@ -78,7 +90,6 @@ pub fn on(path: &Path, args: OnArgs) -> anyhow::Result<String> {
         let rev = block_on(fleet::put(f, &content.to_toml()))??;
         format!("maintenance: on for the fleet ({}, revision {rev})", f.key)
     } else {
-        let t = &cfg.maintenance.toggle;
         toggle::write_atomic(t, &content).with_context(|| format!("cannot write toggle {}", t.display()))?;
         format!("maintenance: on ({})", t.display())
     };
@@ -93,22 +104,28 @@ pub fn on(path: &Path, args: OnArgs) -> anyhow::Result<String> {
         ));
         out.push_str(&format!("\nbypass header: {}: {s}", cfg.bypass.header));
     }
+    out.push_str(&noted);
     Ok(out)
 }
 
-pub fn off(path: &Path, fleet_key: bool) -> anyhow::Result<String> {
+pub fn off(path: &Path, fleet_key: bool, reason: Option<&str>) -> anyhow::Result<String> {
     let cfg = Config::load(path)?;
+    let t = &cfg.maintenance.toggle;
+    let asked = if fleet_key { "off --fleet" } else { "off" };
+    let noted = history::note(history::append_command(t, asked, None, reason));
     if fleet_key {
         let f = cfg
             .fleet
             .as_ref()
             .context("--fleet needs a [fleet] section in the config")?;
         let rev = block_on(fleet::delete(f))??;
-        return Ok(format!("maintenance: off for the fleet ({}, revision {rev})", f.key));
+        return Ok(format!(
+            "maintenance: off for the fleet ({}, revision {rev}){noted}",
+            f.key
+        ));
     }
-    let t = &cfg.maintenance.toggle;
     toggle::remove(t).with_context(|| format!("cannot remove toggle {}", t.display()))?;
-    Ok("maintenance: off".to_string())
+    Ok(format!("maintenance: off{noted}"))
 }
 
 pub fn status(path: &Path, show_secret: bool) -> anyhow::Result<String> {
@@ -151,6 +168,14 @@ pub fn status(path: &Path, show_secret: bool) -> anyhow::Result<String> {
         Window::Expired => "maintenance: expired (the window has ended; `gatekeeper on` replaces it)".to_string(),
     };
     if m.present {
+        // Only with a reason: a plain `on` keeps `status` to its one line (who is in `history`).
+        if let Some(who) = m
+            .reason
+            .as_deref()
+            .and_then(|r| history::who(m.by.as_deref(), m.at, Some(r)))
+        {
+            out.push_str(&format!("\n{who}"));
+        }
         if let Some(w) = describe_window(&m, now) {
             out.push_str(&format!("\n{w}"));
         }

@@ -14,6 +14,7 @@ use crate::framing::{self, FramingError};
 use crate::page::Asset;
 use crate::paths::under_bypass_path;
 use crate::state::Snapshot;
+use crate::tokens::Presented;
 
 /// How a request arrived.
 #[derive(Debug, Clone, Copy)]
@@ -35,6 +36,8 @@ pub struct Gathered<'s> {
     pub asset: Option<&'s crate::page::Asset>,
     /// Where a redirect to https goes, when [`Facts::redirect_to_https`].
     pub location: Option<HeaderValue>,
+    /// The named bypass token the request carries, for the cookie and the access log.
+    pub named: Option<Presented<'s>>,
 }
 
 /// The facts of `req` against `snap`. `now` matters only while a toggle is
@@ -67,6 +70,13 @@ pub fn gather<'s, B>(req: &Request<B>, conn: &Conn, snap: &'s Snapshot, now: jif
             header_ok
                 || bypass::cookie(headers, &bp.cookie_name).is_some_and(|c| bypass::verify(secret, c, now.as_second()))
         });
+    // Named tokens work whenever maintenance is present, with or without a secret.
+    let named = m
+        .present
+        .then(|| rt.tokens.presented(path, headers, bp, now.as_second()))
+        .flatten();
+    let bypass_link = bypass_link || named.is_some_and(|n| n.link);
+    let credential = credential || (m.active && named.is_some_and(|n| !n.link));
     let let_through = bypass_path || client_allowed || credential;
     let get_or_head = matches!(*req.method(), Method::GET | Method::HEAD);
     let asset: Option<&Asset> = if m.active && !let_through && get_or_head {
@@ -93,6 +103,7 @@ pub fn gather<'s, B>(req: &Request<B>, conn: &Conn, snap: &'s Snapshot, now: jif
         resolved,
         asset,
         location,
+        named,
     }
 }
 

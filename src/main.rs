@@ -2,7 +2,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use gatekeeper::cli::{Cli, Command};
-use gatekeeper::{commands, config::Config, daemon, logging};
+use gatekeeper::{commands, config::Config, daemon, logging, operators};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -37,9 +37,11 @@ fn main() -> ExitCode {
             Err(e) => return fail_config(&e),
         },
         Command::On(args) => commands::on(path, args),
-        Command::Off { fleet } => commands::off(path, fleet),
+        Command::Off { fleet, reason } => commands::off(path, fleet, reason.as_deref()),
         Command::Status { show_secret } => commands::status(path, show_secret),
         Command::Health => commands::health(path),
+        Command::Token { action } => operators::token(path, action),
+        Command::History { n } => operators::history(path, n),
     };
     match result {
         Ok(out) => {

@@ -61,6 +61,10 @@ pub struct Maint {
     /// Bypass token from the toggle content.
     pub secret: Option<Arc<str>>,
     pub warning: Option<String>,
+    /// Who switched it on, when and why, as the toggle says (`on --reason`).
+    pub by: Option<String>,
+    pub at: Option<jiff::Timestamp>,
+    pub reason: Option<String>,
 }
 
 impl Maint {
@@ -105,6 +109,9 @@ impl Maint {
             next_boundary: if present { content.next_boundary(now) } else { None },
             secret: content.secret.as_deref().filter(|s| !s.is_empty()).map(Arc::from),
             warning,
+            by: content.by,
+            at: content.at,
+            reason: content.reason,
         }
     }
 

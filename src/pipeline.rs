@@ -72,7 +72,7 @@ where
             }
             r
         }
-        Decision::BypassLink => bypass_link(&req, snap, conn.https, now),
+        Decision::BypassLink => bypass_link(&req, snap, g, conn.https, now),
         Decision::Refuse(Refusal::Framing) => {
             let status = g.framing.as_ref().map_or(StatusCode::BAD_REQUEST, |e| e.status());
             let mut r = boxed(page::error_response(status));
@@ -126,15 +126,24 @@ where
 }
 
 /// 303 to `next` (same-site only) or "/", with a fresh signed bypass cookie.
-fn bypass_link<B>(req: &Request<B>, snap: &Snapshot, https: bool, now: jiff::Timestamp) -> Response<Body> {
+fn bypass_link<B>(
+    req: &Request<B>,
+    snap: &Snapshot,
+    g: &Gathered<'_>,
+    https: bool,
+    now: jiff::Timestamp,
+) -> Response<Body> {
     let bp = &snap.rt.config.bypass;
     let mut r = boxed(page::error_response(StatusCode::SEE_OTHER));
-    let Some(secret) = snap.maint.secret.as_deref() else {
-        return r;
-    };
     let ttl = bp.cookie_ttl.as_secs().max(1);
-    let expires = now.as_second().saturating_add(i64::try_from(ttl).unwrap_or(i64::MAX));
-    let value = bypass::sign(secret, expires);
+    let (value, ttl) = match (g.named.filter(|n| n.link), snap.maint.secret.as_deref()) {
+        (Some(n), _) => n.token.cookie(now.as_second(), bp.cookie_ttl),
+        (None, Some(secret)) => {
+            let expires = now.as_second().saturating_add(i64::try_from(ttl).unwrap_or(i64::MAX));
+            (bypass::sign(secret, expires), ttl)
+        }
+        (None, None) => return r,
+    };
     let target = bypass::redirect_target(req.uri().query());
     if let Ok(loc) = HeaderValue::from_str(&target) {
         r.headers_mut().insert(LOCATION, loc);
@@ -179,6 +188,8 @@ fn record(
             path = %line.path,
             status,
             decision = decision.label(),
+            // The named token's name; SECURITY: never its value.
+            bypass = %g.named.map_or("-", |n| &*n.token.name),
             upstream = outcome.map_or("-", Outcome::label),
             ms = format_args!("{:.3}", elapsed.as_secs_f64() * 1000.0),
         );

@@ -32,6 +32,13 @@ pub struct ToggleContent {
     pub from: Option<jiff::Timestamp>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub until: Option<jiff::Timestamp>,
+    /// Who switched it on (`$SUDO_USER`, else the user, `@host`), when, and why.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub at: Option<jiff::Timestamp>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// Where the present moment lies relative to a toggle's window.
@@ -192,6 +199,9 @@ mod tests {
             secret: Some("s3cret".into()),
             from: "2026-12-01T02:00:00Z".parse().ok(),
             until: "2026-12-01T03:30:00+01:00".parse().ok(),
+            by: Some("alice@web1".into()),
+            at: "2026-11-30T12:00:00Z".parse().ok(),
+            reason: Some("db migration".into()),
         };
         assert!(
             c.to_toml().contains("until = \"2026-12-01T02:30:00Z\""),
