@@ -10,20 +10,9 @@ use sha2::{Digest, Sha256};
 
 type HmacSha256 = Hmac<Sha256>;
 
-fn mac(secret: &str) -> Option<HmacSha256> {
-    HmacSha256::new_from_slice(secret.as_bytes()).ok()
-}
-
 /// The cookie value for a given expiry.
 pub fn sign(secret: &str, expires: i64) -> String {
-    let mut hex = String::with_capacity(64);
-    if let Some(mut m) = mac(secret) {
-        m.update(expires.to_string().as_bytes());
-        for b in m.finalize().into_bytes() {
-            hex.push_str(&format!("{b:02x}"));
-        }
-    }
-    format!("{expires}.{hex}")
+    format!("{expires}.{}", mac_hex(secret.as_bytes(), &expires.to_string()))
 }
 
 /// Whether a cookie value is a valid, unexpired signature by `secret`.
@@ -31,19 +20,44 @@ pub fn verify(secret: &str, value: &str, now: i64) -> bool {
     let Some((exp, sig)) = value.split_once('.') else {
         return false;
     };
-    // Only the canonical decimal form is accepted, so the MAC covers exactly what was signed.
-    let Ok(expires) = exp.parse::<i64>() else { return false };
-    if expires.to_string() != exp || expires <= now || sig.len() != 64 {
+    live_expiry(exp, now).is_some() && mac_ok(secret.as_bytes(), exp, sig)
+}
+
+/// The expiry in a cookie when it is in canonical decimal form (so the MAC
+/// covers exactly what was signed) and still ahead of `now`.
+pub fn live_expiry(exp: &str, now: i64) -> Option<i64> {
+    let expires = exp.parse::<i64>().ok()?;
+    (expires.to_string() == exp && expires > now).then_some(expires)
+}
+
+/// Hex HMAC-SHA256 of `msg` keyed by `key`.
+pub fn mac_hex(key: &[u8], msg: &str) -> String {
+    let mut hex = String::with_capacity(64);
+    if let Ok(mut m) = HmacSha256::new_from_slice(key) {
+        m.update(msg.as_bytes());
+        for b in m.finalize().into_bytes() {
+            hex.push_str(&format!("{b:02x}"));
+        }
+    }
+    hex
+}
+
+/// Whether `sig` is the hex HMAC-SHA256 of `msg` keyed by `key`.
+pub fn mac_ok(key: &[u8], msg: &str, sig: &str) -> bool {
+    if sig.len() != 64 {
         return false;
     }
     let Some(bytes) = decode_hex(sig) else { return false };
-    let Some(mut m) = mac(secret) else { return false };
-    m.update(exp.as_bytes());
+    let Ok(mut m) = HmacSha256::new_from_slice(key) else {
+        return false;
+    };
+    m.update(msg.as_bytes());
     // SECURITY: verify_slice compares in constant time.
     m.verify_slice(&bytes).is_ok()
 }
 
-fn decode_hex(s: &str) -> Option<Vec<u8>> {
+/// Bytes from lowercase or uppercase hex; None for anything else.
+pub fn decode_hex(s: &str) -> Option<Vec<u8>> {
     if s.len() % 2 != 0 {
         return None;
     }

@@ -76,6 +76,9 @@ pub enum Command {
         /// Delete the fleet key in etcd instead of the local toggle file
         #[arg(long)]
         fleet: bool,
+        /// Why, for the history
+        #[arg(long, value_name = "TEXT")]
+        reason: Option<String>,
     },
     /// Print "maintenance: on since <time> (<message>)" or "maintenance: off", and what else applies
     #[command(
@@ -105,6 +108,22 @@ pub enum Command {
         #[arg(value_enum)]
         shell: Shell,
     },
+    /// Named bypass tokens: one per person, with its own expiry, revocable alone
+    #[command(
+        after_help = "Examples:\n  gatekeeper token add alice --ttl 30d   # prints alice's bypass link, once\n  \
+        gatekeeper token list\n  gatekeeper token revoke alice          # her cookies stop working at once"
+    )]
+    Token {
+        #[command(subcommand)]
+        action: TokenAction,
+    },
+    /// Print the last commands and flips from <toggle>.history, newest last
+    #[command(after_help = "Example:\n  gatekeeper history -n 50")]
+    History {
+        /// How many entries
+        #[arg(short = 'n', default_value_t = 20)]
+        n: usize,
+    },
 }
 
 /// The shells the package ships completions for.
@@ -113,6 +132,22 @@ pub enum Shell {
     Bash,
     Zsh,
     Fish,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TokenAction {
+    /// Create a token and print its bypass link and header (only a hash is stored)
+    Add {
+        /// Who it is for: letters, digits, '-', '_'
+        name: String,
+        /// Lifetime, e.g. "30d", "12h" (default: until revoked)
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration_arg)]
+        ttl: Option<Duration>,
+    },
+    /// List tokens: name, created, expires (never the token)
+    List,
+    /// Remove a token; every cookie it set stops working at once
+    Revoke { name: String },
 }
 
 #[derive(Args, Debug, Default)]
@@ -147,6 +182,9 @@ pub struct OnArgs {
     /// Only this host is in maintenance (`*.example.org` for its subdomains; repeatable)
     #[arg(long = "host", value_name = "NAME")]
     pub hosts: Vec<String>,
+    /// Why: kept in the toggle with who and when, shown by `status` and `history`
+    #[arg(long, value_name = "TEXT")]
+    pub reason: Option<String>,
 }
 
 #[derive(Args, Debug, Default)]

@@ -9,6 +9,7 @@ use anyhow::Context;
 use crate::cli::{OnArgs, PauseArgs};
 use crate::config::{Config, ConfigErrors};
 use crate::fleet;
+use crate::history;
 use crate::maint::{onoff, FleetView, Maint};
 use crate::page::human_until;
 use crate::runtime::Loaded;
@@ -72,9 +73,19 @@ pub fn on(path: &Path, args: OnArgs) -> anyhow::Result<String> {
         read_only: args.read_only,
         paths: args.paths,
         hosts: args.hosts,
+        by: Some(history::operator()),
+        at: Some(jiff::Timestamp::from_second(now.as_second())?),
+        reason: args.reason.clone(),
         ..ToggleContent::default()
     };
     content.check().map_err(|e| anyhow::anyhow!("--{e}"))?;
+    let asked = if args.fleet { "on --fleet" } else { "on" };
+    let noted = history::note(history::append_command(
+        &cfg.maintenance.toggle,
+        asked,
+        Some(history::describe(&content)),
+        args.reason.as_deref(),
+    ));
     let mut out = write_toggle(&cfg, &content, args.fleet, "on")?;
     if let Some(scope) = describe_scope(content.read_only, &content.paths, &content.hosts) {
         out.push_str(&format!("\n{scope}"));
@@ -90,6 +101,7 @@ pub fn on(path: &Path, args: OnArgs) -> anyhow::Result<String> {
         ));
         out.push_str(&format!("\nbypass header: {}: {s}", cfg.bypass.header));
     }
+    out.push_str(&noted);
     Ok(out)
 }
 
@@ -116,14 +128,24 @@ pub fn pause(path: &Path, args: PauseArgs) -> anyhow::Result<String> {
         message: args.message,
         pause: true,
         max: args.max,
+        by: Some(history::operator()),
+        at: Some(jiff::Timestamp::from_second(jiff::Timestamp::now().as_second())?),
         ..ToggleContent::default()
     };
+    let asked = if args.fleet { "pause --fleet" } else { "pause" };
+    let noted = history::note(history::append_command(
+        &cfg.maintenance.toggle,
+        asked,
+        Some(history::describe(&content)),
+        None,
+    ));
     let mut out = write_toggle(&cfg, &content, args.fleet, "paused")?;
     let max = args.max.unwrap_or(crate::maint::DEFAULT_PAUSE_MAX);
     out.push_str(&format!(
         "\nrequests are held (at most {}, then the maintenance answer); `gatekeeper resume` releases them",
         humantime::format_duration(max)
     ));
+    out.push_str(&noted);
     Ok(out)
 }
 
@@ -146,33 +168,46 @@ fn describe_scope(read_only: bool, paths: &[String], hosts: &[String]) -> Option
 pub fn drain(path: &Path, on: bool) -> anyhow::Result<String> {
     let cfg = Config::load(path)?;
     let file = toggle::drain_path(&cfg.maintenance.toggle);
+    let asked = if on { "drain" } else { "undrain" };
+    let noted = history::note(history::append_command(&cfg.maintenance.toggle, asked, None, None));
     if on {
         let at = jiff::Timestamp::now().to_string();
         crate::fsutil::write_atomic(&file, format!("at = \"{at}\"\n").as_bytes(), 0o644)
             .with_context(|| format!("cannot write {}", file.display()))?;
         Ok(format!(
-            "drained: /.gatekeeper/health answers 503 ({}); `gatekeeper undrain` ends it",
+            "drained: /.gatekeeper/health answers 503 ({}); `gatekeeper undrain` ends it{noted}",
             file.display()
         ))
     } else {
         toggle::remove(&file).with_context(|| format!("cannot remove {}", file.display()))?;
-        Ok("undrained: /.gatekeeper/health answers 200".to_string())
+        Ok(format!("undrained: /.gatekeeper/health answers 200{noted}"))
     }
 }
 
-pub fn off(path: &Path, fleet_key: bool) -> anyhow::Result<String> {
+/// `off`, or `resume` (`command` says which, for the history).
+pub fn off(path: &Path, fleet_key: bool, reason: Option<&str>, command: &str) -> anyhow::Result<String> {
     let cfg = Config::load(path)?;
+    let t = &cfg.maintenance.toggle;
+    let asked = if fleet_key {
+        format!("{command} --fleet")
+    } else {
+        command.to_string()
+    };
+    let asked = asked.as_str();
+    let noted = history::note(history::append_command(t, asked, None, reason));
     if fleet_key {
         let f = cfg
             .fleet
             .as_ref()
             .context("--fleet needs a [fleet] section in the config")?;
         let rev = block_on(fleet::delete(f))??;
-        return Ok(format!("maintenance: off for the fleet ({}, revision {rev})", f.key));
+        return Ok(format!(
+            "maintenance: off for the fleet ({}, revision {rev}){noted}",
+            f.key
+        ));
     }
-    let t = &cfg.maintenance.toggle;
     toggle::remove(t).with_context(|| format!("cannot remove toggle {}", t.display()))?;
-    Ok("maintenance: off".to_string())
+    Ok(format!("maintenance: off{noted}"))
 }
 
 pub fn status(path: &Path, show_secret: bool) -> anyhow::Result<String> {
@@ -222,6 +257,14 @@ pub fn status(path: &Path, show_secret: bool) -> anyhow::Result<String> {
     if m.present {
         if let Some(scope) = describe_scope(false, &m.paths, &m.hosts) {
             out.push_str(&format!("\n{scope}"));
+        }
+        // Only with a reason: a plain `on` keeps `status` to its one line (who is in `history`).
+        if let Some(who) = m
+            .reason
+            .as_deref()
+            .and_then(|r| history::who(m.by.as_deref(), m.at, Some(r)))
+        {
+            out.push_str(&format!("\n{who}"));
         }
         if let Some(w) = describe_window(&m, now) {
             out.push_str(&format!("\n{w}"));

@@ -15,7 +15,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::Config;
 use crate::runtime::Runtime;
 use crate::state::State;
-use crate::{admin, fleet, logging, server, tls, toggle, watch};
+use crate::{admin, audit, fleet, logging, server, tls, toggle, watch};
 
 /// Runs until a stop signal; returns when every connection is drained (or the grace period ends).
 pub async fn run(config_path: &Path, config: Config) -> anyhow::Result<()> {
@@ -75,6 +75,7 @@ pub async fn run(config_path: &Path, config: Config) -> anyhow::Result<()> {
     let state = Arc::new(State::new(rt, observed));
     // A drained instance stays drained across restarts, from its first answer.
     state.set_drained(toggle::drain_path(&cfg.maintenance.toggle).exists());
+    audit::spawn(state.clone());
     if let Some(f) = &cfg.fleet {
         // Before serving: an instance restarted during an etcd outage starts in the last known state.
         if let Some(view) = fleet::restore(f, &cfg.maintenance.toggle) {

@@ -14,6 +14,7 @@ use crate::framing::{self, FramingError};
 use crate::page::Asset;
 use crate::paths::{host_in_scope, in_scope, under_bypass_path, under_prefix};
 use crate::state::Snapshot;
+use crate::tokens::Presented;
 
 /// How a request arrived.
 #[derive(Debug, Clone, Copy)]
@@ -37,6 +38,8 @@ pub struct Gathered<'s> {
     pub location: Option<HeaderValue>,
     /// The request's Content-Length, when it is a plain number.
     pub declared_length: Option<u64>,
+    /// The named bypass token the request carries, for the cookie and the access log.
+    pub named: Option<Presented<'s>>,
 }
 
 /// The facts of `req` against `snap`. `now` matters only while a toggle is
@@ -75,6 +78,13 @@ pub fn gather<'s, B>(req: &Request<B>, conn: &Conn, snap: &'s Snapshot, now: jif
             header_ok
                 || bypass::cookie(headers, &bp.cookie_name).is_some_and(|c| bypass::verify(secret, c, now.as_second()))
         });
+    // Named tokens work whenever maintenance is present, with or without a secret.
+    let named = m
+        .present
+        .then(|| rt.tokens.presented(path, headers, bp, now.as_second()))
+        .flatten();
+    let bypass_link = bypass_link || named.is_some_and(|n| n.link);
+    let credential = credential || (applies && named.is_some_and(|n| !n.link));
     let method = req.method();
     let safe_method = matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE);
     let let_through = bypass_path || (!m.paused && (client_allowed || credential || (m.read_only && safe_method)));
@@ -112,6 +122,7 @@ pub fn gather<'s, B>(req: &Request<B>, conn: &Conn, snap: &'s Snapshot, now: jif
         asset,
         location,
         declared_length,
+        named,
     }
 }
 

@@ -27,12 +27,20 @@ pub fn parent_dir(path: &Path) -> &Path {
 /// place. A reader sees the old content or all of the new; on error the
 /// temporary file is removed.
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+    write_atomic_owned(path, bytes, mode, None)
+}
+
+/// [`write_atomic`], the new file owned by `owner` (uid, gid) when given.
+pub fn write_atomic_owned(path: &Path, bytes: &[u8], mode: u32, owner: Option<(u32, u32)>) -> io::Result<()> {
     let mut tmp = tempfile::Builder::new()
         .prefix(TEMP_PREFIX)
         .tempfile_in(parent_dir(path))?;
     tmp.write_all(bytes)?;
     tmp.as_file().sync_all()?;
     tmp.as_file().set_permissions(fs::Permissions::from_mode(mode))?;
+    if let Some((uid, gid)) = owner {
+        std::os::unix::fs::fchown(tmp.as_file(), Some(uid), Some(gid))?;
+    }
     tmp.persist(path).map_err(|e| e.error)?;
     Ok(())
 }
@@ -60,6 +68,19 @@ pub fn remove_stale_temps(dir: &Path, older_than: Duration) -> io::Result<Vec<Pa
         }
     }
     Ok(removed)
+}
+
+/// Who should own a file that root creates or replaces at `path`: its present
+/// owner, else the owner of its directory — the daemon's user, which must still
+/// read (and append to) what an operator wrote with sudo. None when not root.
+pub fn owner_for(path: &Path) -> Option<(u32, u32)> {
+    use std::os::unix::fs::MetadataExt;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        return None;
+    }
+    let meta = fs::metadata(path).or_else(|_| fs::metadata(parent_dir(path))).ok()?;
+    Some((meta.uid(), meta.gid()))
 }
 
 #[cfg(test)]

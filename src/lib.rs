@@ -9,6 +9,8 @@
 pub mod admin;
 /// IP sets (allowlist, trusted proxies) with O(log n) lookups.
 pub mod allowlist;
+/// After a flip: the history entry and the hooks.
+pub mod audit;
 /// The body type every answer and every forwarded request carries.
 pub mod body;
 /// Request and response buffering against slow clients.
@@ -39,8 +41,12 @@ pub mod forward;
 pub mod framing;
 /// Atomic file writes; the directory a path lives in.
 pub mod fsutil;
+/// The audit trail: `<toggle>.history`.
+pub mod history;
 /// Holding requests during a pause.
 pub mod hold;
+/// `[hooks]`: a program and a webhook on every flip.
+pub mod hooks;
 /// Hop-by-hop header handling.
 pub mod hop;
 /// Lingering close after an answer given before the request body was read.
@@ -53,6 +59,8 @@ pub mod maint;
 pub mod manual;
 /// Prometheus metrics.
 pub mod metrics;
+/// `token` and `history`: the operators' commands.
+pub mod operators;
 /// Maintenance page, assets, error pages.
 pub mod page;
 /// Idle keep-alive connections without hyper's buffers.
@@ -73,9 +81,13 @@ pub mod state;
 pub mod tls;
 /// Toggle file content, reading, atomic writing.
 pub mod toggle;
+/// Named bypass tokens: the hashed store, link, header and cookie checks.
+pub mod tokens;
 /// Durations and sizes.
 pub mod units;
 /// The upstream client and its per-worker connection pool.
 pub mod upstream;
 /// The toggle watcher (inotify + periodic re-check).
 pub mod watch;
+/// The webhook's HTTPS POST.
+pub mod webhook;

@@ -2,7 +2,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use gatekeeper::cli::{Cli, Command};
-use gatekeeper::{commands, config::Config, daemon, logging, manual};
+use gatekeeper::{commands, config::Config, daemon, logging, manual, operators};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -37,7 +37,8 @@ fn main() -> ExitCode {
             Err(e) => return fail_config(&e),
         },
         Command::On(args) => commands::on(path, args),
-        Command::Off { fleet } | Command::Resume { fleet } => commands::off(path, fleet),
+        Command::Off { fleet, reason } => commands::off(path, fleet, reason.as_deref(), "off"),
+        Command::Resume { fleet } => commands::off(path, fleet, None, "resume"),
         Command::Pause(args) => commands::pause(path, args),
         Command::Drain => commands::drain(path, true),
         Command::Undrain => commands::drain(path, false),
@@ -45,6 +46,8 @@ fn main() -> ExitCode {
         Command::Health => commands::health(path),
         Command::Man => manual::man_page().map_err(anyhow::Error::from).and_then(write_out),
         Command::Completions { shell } => write_out(manual::completions(shell)),
+        Command::Token { action } => operators::token(path, action),
+        Command::History { n } => operators::history(path, n),
     };
     match result {
         Ok(out) => {

@@ -74,6 +74,10 @@ pub struct Maint {
     /// How long a request is held at most.
     pub pause_max: Duration,
     pub warning: Option<String>,
+    /// Who switched it on, when and why, as the toggle says (`on --reason`).
+    pub by: Option<String>,
+    pub at: Option<jiff::Timestamp>,
+    pub reason: Option<String>,
 }
 
 impl Maint {
@@ -123,6 +127,9 @@ impl Maint {
             paused: content.pause,
             pause_max: content.max.unwrap_or(DEFAULT_PAUSE_MAX),
             warning,
+            by: content.by,
+            at: content.at,
+            reason: content.reason,
         }
     }
 

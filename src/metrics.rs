@@ -33,6 +33,12 @@ struct KindLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HookLabels {
+    kind: &'static str,
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabel {
     result: &'static str,
 }
@@ -58,6 +64,7 @@ pub struct Metrics {
     pub fleet_revision: Gauge,
     pub fleet_last_change: Gauge<f64, AtomicU64>,
     pub fleet_reconnects: Gauge,
+    hook_runs: Family<HookLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -133,6 +140,7 @@ impl Metrics {
             fleet_revision: Gauge::default(),
             fleet_last_change: Gauge::default(),
             fleet_reconnects: Gauge::default(),
+            hook_runs: Family::default(),
             registry: Registry::default(),
         };
         registry.register("maintenance", "1 while maintenance is on", m.maintenance.clone());
@@ -196,7 +204,22 @@ impl Metrics {
             "Reconnections to etcd since start",
             m.fleet_reconnects.clone(),
         );
+        for kind in ["command", "webhook"] {
+            for result in ["ok", "failed", "timeout"] {
+                let _ = m.hook_runs.get_or_create(&HookLabels { kind, result });
+            }
+        }
+        registry.register(
+            "hook_runs",
+            "Hook runs on flips, by kind (command, webhook) and result (ok, failed, timeout)",
+            m.hook_runs.clone(),
+        );
         Metrics { registry, ..m }
+    }
+
+    /// Counts one hook run (flips are rare: the label lookup may lock).
+    pub fn hook_run(&self, kind: &'static str, result: &'static str) {
+        self.hook_runs.get_or_create(&HookLabels { kind, result }).inc();
     }
 
     /// Counts one answered request.

@@ -148,7 +148,7 @@ where
             }
             r
         }
-        Decision::BypassLink => bypass_link(&req, snap, conn.https, now),
+        Decision::BypassLink => bypass_link(&req, snap, g, conn.https, now),
         Decision::Refuse(Refusal::Framing) => {
             let status = g.framing.as_ref().map_or(StatusCode::BAD_REQUEST, |e| e.status());
             let mut r = boxed(page::error_response(status));
@@ -209,15 +209,24 @@ where
 }
 
 /// 303 to `next` (same-site only) or "/", with a fresh signed bypass cookie.
-fn bypass_link<B>(req: &Request<B>, snap: &Snapshot, https: bool, now: jiff::Timestamp) -> Response<Full<Bytes>> {
+fn bypass_link<B>(
+    req: &Request<B>,
+    snap: &Snapshot,
+    g: &Gathered<'_>,
+    https: bool,
+    now: jiff::Timestamp,
+) -> Response<Full<Bytes>> {
     let bp = &snap.rt.config.bypass;
     let mut r = page::error_response(StatusCode::SEE_OTHER);
-    let Some(secret) = snap.maint.secret.as_deref() else {
-        return r;
-    };
     let ttl = bp.cookie_ttl.as_secs().max(1);
-    let expires = now.as_second().saturating_add(i64::try_from(ttl).unwrap_or(i64::MAX));
-    let value = bypass::sign(secret, expires);
+    let (value, ttl) = match (g.named.filter(|n| n.link), snap.maint.secret.as_deref()) {
+        (Some(n), _) => n.token.cookie(now.as_second(), bp.cookie_ttl),
+        (None, Some(secret)) => {
+            let expires = now.as_second().saturating_add(i64::try_from(ttl).unwrap_or(i64::MAX));
+            (bypass::sign(secret, expires), ttl)
+        }
+        (None, None) => return r,
+    };
     let target = bypass::redirect_target(req.uri().query());
     if let Ok(loc) = HeaderValue::from_str(&target) {
         r.headers_mut().insert(LOCATION, loc);
@@ -258,12 +267,16 @@ fn record(
             .map_or_else(|| "unknown".to_string(), |c| c.to_string());
         let (client, peer, method, path) = (&client, &conn.peer, &line.method, &line.path);
         let (decision, upstream) = (decision.label(), outcome.map_or("-", Outcome::label));
+        // The named token's name; SECURITY: never its value.
+        let bypass = g.named.map_or("-", |n| &*n.token.name);
         let ms = format_args!("{:.3}", elapsed.as_secs_f64() * 1000.0);
         match line.held {
-            None => tracing::info!(target: "access", %client, %peer, %method, %path, status, decision, upstream, ms),
+            None => {
+                tracing::info!(target: "access", %client, %peer, %method, %path, status, decision, %bypass, upstream, ms)
+            }
             Some(h) => {
                 let held_ms = format_args!("{:.0}", h.as_secs_f64() * 1000.0);
-                tracing::info!(target: "access", %client, %peer, %method, %path, status, decision, upstream, ms, held_ms)
+                tracing::info!(target: "access", %client, %peer, %method, %path, status, decision, %bypass, upstream, ms, held_ms)
             }
         }
     }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use crate::allowlist::{self, IpSet};
 use crate::config::{Config, ConfigError, ConfigErrors};
 use crate::page::PageSet;
+use crate::tokens::{LoadError, TokenStore};
 use crate::upstream::UpstreamClient;
 
 /// What a config turns into once its files are loaded.
@@ -15,6 +16,8 @@ pub struct Runtime {
     pub allow: IpSet,
     pub trusted: IpSet,
     pub pages: Arc<PageSet>,
+    /// Named bypass tokens (`bypass.tokens_file`).
+    pub tokens: TokenStore,
     /// The upstream client; kept across reloads that leave the upstream alone
     /// (see [`Runtime::keep_upstream_of`]), so its pooled connections stay in use.
     pub upstream: UpstreamClient,
@@ -24,6 +27,7 @@ pub struct Runtime {
 pub struct Loaded {
     pub allow: IpSet,
     pub pages: PageSet,
+    pub tokens: TokenStore,
 }
 
 impl Loaded {
@@ -65,6 +69,21 @@ impl Loaded {
                 },
             }
         }
+        let tokens = TokenStore::load(&config.bypass.tokens_file).unwrap_or_else(|e| {
+            errors.push(match e {
+                LoadError::Line { file, error } => ConfigError {
+                    file,
+                    pos: Some((error.line, 1)),
+                    key: "bypass.tokens_file".into(),
+                    message: error.message,
+                },
+                e @ LoadError::Read(..) => plain("bypass.tokens_file", e.to_string()),
+            });
+            TokenStore::default()
+        });
+        if let Some(Err(e)) = config.hooks.webhook_ca.as_deref().map(crate::webhook::load_ca) {
+            errors.push(plain("hooks.webhook_ca", e));
+        }
         if config.buffering.requests || config.buffering.responses {
             let dir = crate::buffer::temp_dir(config.buffering.dir.as_deref());
             // Unlinked at once: this only proves that bodies can spill to disk there.
@@ -94,6 +113,7 @@ impl Loaded {
             Some(pages) if errors.is_empty() => Ok(Loaded {
                 allow: IpSet::new(nets),
                 pages,
+                tokens,
             }),
             _ => Err(ConfigErrors(errors)),
         }
@@ -109,6 +129,7 @@ impl Runtime {
             trusted: IpSet::new(config.clients.trusted_proxies.iter().copied()),
             allow: loaded.allow,
             pages: Arc::new(loaded.pages),
+            tokens: loaded.tokens,
             config: Arc::new(config),
         })
     }

@@ -4,7 +4,7 @@
 //! a flip never mixes two states, and the request path never touches the disk.
 
 use std::sync::atomic::{AtomicU16, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Instant, SystemTime};
 
 use arc_swap::ArcSwap;
@@ -64,6 +64,18 @@ pub struct State {
     https_port: AtomicU16,
     /// Requests held by a pause.
     pub holds: Holds,
+    /// Where applied changes go besides the log (history, hooks): see the `audit` module.
+    audit: OnceLock<tokio::sync::mpsc::Sender<Applied>>,
+}
+
+/// A change a writer applied, as the audit trail and the hooks take it.
+pub struct Applied {
+    pub flip: Flip,
+    /// `file`, `fleet` or `schedule`.
+    pub source: &'static str,
+    pub cause: String,
+    /// The state right after the change.
+    pub snap: Arc<Snapshot>,
 }
 
 impl State {
@@ -81,6 +93,33 @@ impl State {
             started_at: SystemTime::now(),
             https_port: AtomicU16::new(0),
             holds,
+            audit: OnceLock::new(),
+        }
+    }
+
+    /// Sends every change [`State::applied`] logs to `tx` too (set once, by the daemon).
+    pub fn set_audit(&self, tx: tokio::sync::mpsc::Sender<Applied>) {
+        let _ = self.audit.set(tx);
+    }
+
+    /// Logs what a writer applied (see [`Flip::log`]) and hands the same
+    /// change to the audit trail and hooks. Never waits: flips are rare, and a
+    /// full queue only costs an entry (said in the log).
+    pub fn applied(&self, flip: Flip, via: Via<'_>, cause: &str, settings_changed: bool) {
+        let source = via.label();
+        if !flip.log(via, cause, settings_changed) {
+            return;
+        }
+        if let Some(tx) = self.audit.get() {
+            let a = Applied {
+                flip,
+                source,
+                cause: cause.to_string(),
+                snap: self.snapshot(),
+            };
+            if tx.try_send(a).is_err() {
+                tracing::warn!("too many changes at once: this one is not in the history and runs no hook");
+            }
         }
     }
 
@@ -188,14 +227,15 @@ impl Flip {
     }
 
     /// The one log line for what a writer applied: `maintenance off -> on`, or,
-    /// when maintenance stays on and `settings_changed`, "maintenance settings changed".
-    pub fn log(self, via: Via<'_>, cause: &str, settings_changed: bool) {
+    /// when maintenance stays on and `settings_changed`, "maintenance settings
+    /// changed". Returns whether there was anything to say.
+    pub fn log(self, via: Via<'_>, cause: &str, settings_changed: bool) -> bool {
         let what = if self.changed() {
             format!("maintenance {} -> {}", onoff(self.was), onoff(self.now))
         } else if self.now && settings_changed {
             "maintenance settings changed".to_string()
         } else {
-            return;
+            return false;
         };
         match via {
             Via::File { toggle } => tracing::info!(source = "file", toggle = %toggle.display(), cause, "{what}"),
@@ -203,6 +243,18 @@ impl Flip {
             Via::Schedule { source } => {
                 tracing::info!(source = source.map_or("-", Source::label), cause, "{what}")
             }
+        }
+        true
+    }
+}
+
+impl Via<'_> {
+    /// What applied the change, in one word: file, fleet or schedule.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Via::File { .. } => "file",
+            Via::Fleet { .. } => "fleet",
+            Via::Schedule { .. } => "schedule",
         }
     }
 }

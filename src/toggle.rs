@@ -47,6 +47,13 @@ pub struct ToggleContent {
     /// How long a request is held at most (default 30 s); then the maintenance answer.
     #[serde(skip_serializing_if = "Option::is_none", default, with = "retry_after_serde")]
     pub max: Option<Duration>,
+    /// Who switched it on (`$SUDO_USER`, else the user, `@host`), when, and why.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub at: Option<jiff::Timestamp>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 fn is_false(b: &bool) -> bool {
@@ -253,6 +260,9 @@ mod tests {
             hosts: vec!["*.example.org".into()],
             pause: true,
             max: Some(Duration::from_secs(45)),
+            by: Some("alice@web1".into()),
+            at: "2026-11-30T12:00:00Z".parse().ok(),
+            reason: Some("db migration".into()),
         };
         assert!(
             c.to_toml().contains("until = \"2026-12-01T02:30:00Z\""),

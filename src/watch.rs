@@ -68,7 +68,7 @@ pub fn spawn(state: Arc<State>, shutdown: CancellationToken) -> Result<Wake, not
             if state.snapshot().maint.next_boundary.is_some_and(|b| b <= now) {
                 let flip = state.refresh();
                 let source = state.snapshot().maint.source;
-                flip.log(Via::Schedule { source }, "schedule", false);
+                state.applied(flip, Via::Schedule { source }, "schedule", false);
             }
             let snap = state.snapshot();
             // Sleep to the next window boundary, a hair past it so that it has surely passed.
@@ -150,9 +150,8 @@ impl ToggleWatch {
         if let Some(w) = &obs.warning {
             tracing::warn!("{w}");
         }
-        state
-            .set_observed(obs)
-            .log(Via::File { toggle: &path }, cause, self_changed);
+        let flip = state.set_observed(obs);
+        state.applied(flip, Via::File { toggle: &path }, cause, self_changed);
     }
 
     /// Keeps inotify watches on every directory whose change can change what the toggle path shows.
@@ -303,14 +302,15 @@ pub fn spawn_config_watch(
     Ok(())
 }
 
-/// The files whose change means a reload: the config, the allowlist file and
-/// the TLS files — of the running config and of the config file as it is now.
+/// The files whose change means a reload: the config, the allowlist file, the
+/// named-token file and the TLS files — of the running config and of the config file as it is now.
 fn config_files(state: &State) -> Vec<PathBuf> {
     let snap = state.snapshot();
     let running = &snap.rt.config;
     let mut files = vec![running.file.clone()];
     let mut add = |cfg: &crate::config::Config| {
         files.extend(cfg.clients.allow_file.clone());
+        files.push(cfg.bypass.tokens_file.clone());
         if let Some(tls) = &cfg.tls {
             for c in &tls.certs {
                 files.push(c.cert.clone());

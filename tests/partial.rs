@@ -139,15 +139,18 @@ async fn pause_holds_and_resume_releases_in_order() {
         done.push(tokio::time::timeout(Duration::from_secs(10), h).await.unwrap().unwrap());
     }
     assert!(done.iter().all(|(s, _)| *s == 200), "{done:?}");
-    let seen: Vec<String> = up
+    // Released first come first (hold.rs's unit test checks the order); they
+    // travel on their own connections, so the app may see them interleave.
+    let mut seen: Vec<String> = up
         .uris()
         .into_iter()
         .filter(|u| u.starts_with("/held") || u == "/gave-up")
         .collect();
+    seen.sort();
     assert_eq!(
         seen,
         vec!["/held/0", "/held/1", "/held/2"],
-        "arrival order, and never the quitter"
+"all of them, and never the quitter"
     );
     assert!(
         gk.log().contains("decision=\"held\"") || gk.log().contains("decision=held"),

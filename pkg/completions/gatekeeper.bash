@@ -31,6 +31,9 @@ _gatekeeper() {
             gatekeeper,help)
                 cmd="gatekeeper__subcmd__help"
                 ;;
+            gatekeeper,history)
+                cmd="gatekeeper__subcmd__history"
+                ;;
             gatekeeper,man)
                 cmd="gatekeeper__subcmd__man"
                 ;;
@@ -52,6 +55,9 @@ _gatekeeper() {
             gatekeeper,status)
                 cmd="gatekeeper__subcmd__status"
                 ;;
+            gatekeeper,token)
+                cmd="gatekeeper__subcmd__token"
+                ;;
             gatekeeper,undrain)
                 cmd="gatekeeper__subcmd__undrain"
                 ;;
@@ -69,6 +75,9 @@ _gatekeeper() {
                 ;;
             gatekeeper__subcmd__help,help)
                 cmd="gatekeeper__subcmd__help__subcmd__help"
+                ;;
+            gatekeeper__subcmd__help,history)
+                cmd="gatekeeper__subcmd__help__subcmd__history"
                 ;;
             gatekeeper__subcmd__help,man)
                 cmd="gatekeeper__subcmd__help__subcmd__man"
@@ -91,8 +100,44 @@ _gatekeeper() {
             gatekeeper__subcmd__help,status)
                 cmd="gatekeeper__subcmd__help__subcmd__status"
                 ;;
+            gatekeeper__subcmd__help,token)
+                cmd="gatekeeper__subcmd__help__subcmd__token"
+                ;;
             gatekeeper__subcmd__help,undrain)
                 cmd="gatekeeper__subcmd__help__subcmd__undrain"
+                ;;
+            gatekeeper__subcmd__help__subcmd__token,add)
+                cmd="gatekeeper__subcmd__help__subcmd__token__subcmd__add"
+                ;;
+            gatekeeper__subcmd__help__subcmd__token,list)
+                cmd="gatekeeper__subcmd__help__subcmd__token__subcmd__list"
+                ;;
+            gatekeeper__subcmd__help__subcmd__token,revoke)
+                cmd="gatekeeper__subcmd__help__subcmd__token__subcmd__revoke"
+                ;;
+            gatekeeper__subcmd__token,add)
+                cmd="gatekeeper__subcmd__token__subcmd__add"
+                ;;
+            gatekeeper__subcmd__token,help)
+                cmd="gatekeeper__subcmd__token__subcmd__help"
+                ;;
+            gatekeeper__subcmd__token,list)
+                cmd="gatekeeper__subcmd__token__subcmd__list"
+                ;;
+            gatekeeper__subcmd__token,revoke)
+                cmd="gatekeeper__subcmd__token__subcmd__revoke"
+                ;;
+            gatekeeper__subcmd__token__subcmd__help,add)
+                cmd="gatekeeper__subcmd__token__subcmd__help__subcmd__add"
+                ;;
+            gatekeeper__subcmd__token__subcmd__help,help)
+                cmd="gatekeeper__subcmd__token__subcmd__help__subcmd__help"
+                ;;
+            gatekeeper__subcmd__token__subcmd__help,list)
+                cmd="gatekeeper__subcmd__token__subcmd__help__subcmd__list"
+                ;;
+            gatekeeper__subcmd__token__subcmd__help,revoke)
+                cmd="gatekeeper__subcmd__token__subcmd__help__subcmd__revoke"
                 ;;
             *)
                 ;;
@@ -101,7 +146,7 @@ _gatekeeper() {
 
     case "${cmd}" in
         gatekeeper)
-            opts="-c -h -V --config --help --version run check on pause resume drain undrain off status health man completions help"
+            opts="-c -h -V --config --help --version run check on pause resume drain undrain off status health man completions token history help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -211,7 +256,7 @@ _gatekeeper() {
             return 0
             ;;
         gatekeeper__subcmd__help)
-            opts="run check on pause resume drain undrain off status health man completions help"
+            opts="run check on pause resume drain undrain off status health man completions token history help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -281,6 +326,20 @@ _gatekeeper() {
             return 0
             ;;
         gatekeeper__subcmd__help__subcmd__help)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        gatekeeper__subcmd__help__subcmd__history)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -392,6 +451,62 @@ _gatekeeper() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        gatekeeper__subcmd__help__subcmd__token)
+            opts="add list revoke"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        gatekeeper__subcmd__help__subcmd__token__subcmd__add)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        gatekeeper__subcmd__help__subcmd__token__subcmd__list)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        gatekeeper__subcmd__help__subcmd__token__subcmd__revoke)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         gatekeeper__subcmd__help__subcmd__undrain)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
@@ -399,6 +514,32 @@ _gatekeeper() {
                 return 0
             fi
             case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        gatekeeper__subcmd__history)
+            opts="-n -c -h --config --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                -n)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -c)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -429,12 +570,16 @@ _gatekeeper() {
             return 0
             ;;
         gatekeeper__subcmd__off)
-            opts="-c -h --fleet --config --help"
+            opts="-c -h --fleet --reason --config --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
+                --reason)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --config)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
@@ -451,7 +596,7 @@ _gatekeeper() {
             return 0
             ;;
         gatekeeper__subcmd__on)
-            opts="-c -h --message --retry-after --secret --from --until --for --fleet --read-only --path --host --config --help"
+            opts="-c -h --message --retry-after --secret --from --until --for --fleet --read-only --path --host --reason --config --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -486,6 +631,10 @@ _gatekeeper() {
                     return 0
                     ;;
                 --host)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --reason)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -581,6 +730,168 @@ _gatekeeper() {
         gatekeeper__subcmd__status)
             opts="-c -h --show-secret --config --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -c)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        gatekeeper__subcmd__token)
+            opts="-c -h --config --help add list revoke help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -c)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        gatekeeper__subcmd__token__subcmd__add)
+            opts="-c -h --ttl --config --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --ttl)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -c)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        gatekeeper__subcmd__token__subcmd__help)
+            opts="add list revoke help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        gatekeeper__subcmd__token__subcmd__help__subcmd__add)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        gatekeeper__subcmd__token__subcmd__help__subcmd__help)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        gatekeeper__subcmd__token__subcmd__help__subcmd__list)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        gatekeeper__subcmd__token__subcmd__help__subcmd__revoke)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        gatekeeper__subcmd__token__subcmd__list)
+            opts="-c -h --config --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -c)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        gatekeeper__subcmd__token__subcmd__revoke)
+            opts="-c -h --config --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi

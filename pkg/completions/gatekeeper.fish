@@ -39,6 +39,8 @@ complete -c gatekeeper -n "__fish_gatekeeper_needs_command" -f -a "status" -d 'P
 complete -c gatekeeper -n "__fish_gatekeeper_needs_command" -f -a "health" -d 'Exit 0 when the running daemon\'s admin endpoint answers /healthz (for container health checks)'
 complete -c gatekeeper -n "__fish_gatekeeper_needs_command" -f -a "man" -d 'Print the man page (roff, section 8), made from these commands and options'
 complete -c gatekeeper -n "__fish_gatekeeper_needs_command" -f -a "completions" -d 'Print the shell completion script for bash, zsh or fish'
+complete -c gatekeeper -n "__fish_gatekeeper_needs_command" -f -a "token" -d 'Named bypass tokens: one per person, with its own expiry, revocable alone'
+complete -c gatekeeper -n "__fish_gatekeeper_needs_command" -f -a "history" -d 'Print the last commands and flips from <toggle>.history, newest last'
 complete -c gatekeeper -n "__fish_gatekeeper_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c gatekeeper -n "__fish_gatekeeper_using_subcommand run" -s c -l config -d 'Config file' -r -F
 complete -c gatekeeper -n "__fish_gatekeeper_using_subcommand run" -s h -l help -d 'Print help'
@@ -52,6 +54,7 @@ complete -c gatekeeper -n "__fish_gatekeeper_using_subcommand on" -l until -d 'E
 complete -c gatekeeper -n "__fish_gatekeeper_using_subcommand on" -l for -d 'Length of the window, from --from or from now (e.g. 30m)' -r
 complete -c gatekeeper -n "__fish_gatekeeper_using_subcommand on" -l path -d 'Only this path prefix is in maintenance (whole segments; repeatable)' -r
 complete -c gatekeeper -n "__fish_gatekeeper_using_subcommand on" -l host -d 'Only this host is in maintenance (`*.example.org` for its subdomains; repeatable)' -r
+complete -c gatekeeper -n "__fish_gatekeeper_using_subcommand on" -l reason -d 'Why: kept in the toggle with who and when, shown by `status` and `history`' -r
 complete -c gatekeeper -n "__fish_gatekeeper_using_subcommand on" -s c -l config -d 'Config file' -r -F
 complete -c gatekeeper -n "__fish_gatekeeper_using_subcommand on" -l fleet -d 'Write the fleet key in etcd (every instance) instead of the local toggle file'
 complete -c gatekeeper -n "__fish_gatekeeper_using_subcommand on" -l read-only -d 'Read-only: GET, HEAD, OPTIONS and TRACE still reach the app for everyone'
@@ -68,6 +71,7 @@ complete -c gatekeeper -n "__fish_gatekeeper_using_subcommand drain" -s c -l con
 complete -c gatekeeper -n "__fish_gatekeeper_using_subcommand drain" -s h -l help -d 'Print help'
 complete -c gatekeeper -n "__fish_gatekeeper_using_subcommand undrain" -s c -l config -d 'Config file' -r -F
 complete -c gatekeeper -n "__fish_gatekeeper_using_subcommand undrain" -s h -l help -d 'Print help'
+complete -c gatekeeper -n "__fish_gatekeeper_using_subcommand off" -l reason -d 'Why, for the history' -r
 complete -c gatekeeper -n "__fish_gatekeeper_using_subcommand off" -s c -l config -d 'Config file' -r -F
 complete -c gatekeeper -n "__fish_gatekeeper_using_subcommand off" -l fleet -d 'Delete the fleet key in etcd instead of the local toggle file'
 complete -c gatekeeper -n "__fish_gatekeeper_using_subcommand off" -s h -l help -d 'Print help'
@@ -80,16 +84,41 @@ complete -c gatekeeper -n "__fish_gatekeeper_using_subcommand man" -s c -l confi
 complete -c gatekeeper -n "__fish_gatekeeper_using_subcommand man" -s h -l help -d 'Print help'
 complete -c gatekeeper -n "__fish_gatekeeper_using_subcommand completions" -s c -l config -d 'Config file' -r -F
 complete -c gatekeeper -n "__fish_gatekeeper_using_subcommand completions" -s h -l help -d 'Print help'
-complete -c gatekeeper -n "__fish_gatekeeper_using_subcommand help; and not __fish_seen_subcommand_from run check on pause resume drain undrain off status health man completions help" -f -a "run" -d 'Run the daemon in the foreground (systemd runs this)'
-complete -c gatekeeper -n "__fish_gatekeeper_using_subcommand help; and not __fish_seen_subcommand_from run check on pause resume drain undrain off status health man completions help" -f -a "check" -d 'Validate the config, the allowlist file and the page directory; exit 0, or print errors and exit 2'
-complete -c gatekeeper -n "__fish_gatekeeper_using_subcommand help; and not __fish_seen_subcommand_from run check on pause resume drain undrain off status health man completions help" -f -a "on" -d 'Turn maintenance on (creates the toggle file atomically; idempotent)'
-complete -c gatekeeper -n "__fish_gatekeeper_using_subcommand help; and not __fish_seen_subcommand_from run check on pause resume drain undrain off status health man completions help" -f -a "pause" -d 'Hold requests instead of answering them, while the app restarts; `resume` releases them'
-complete -c gatekeeper -n "__fish_gatekeeper_using_subcommand help; and not __fish_seen_subcommand_from run check on pause resume drain undrain off status health man completions help" -f -a "resume" -d 'Release held requests (the same as `off`)'
-complete -c gatekeeper -n "__fish_gatekeeper_using_subcommand help; and not __fish_seen_subcommand_from run check on pause resume drain undrain off status health man completions help" -f -a "drain" -d 'Take this instance out of its load balancer: /.gatekeeper/health answers 503 (kept across restarts)'
-complete -c gatekeeper -n "__fish_gatekeeper_using_subcommand help; and not __fish_seen_subcommand_from run check on pause resume drain undrain off status health man completions help" -f -a "undrain" -d 'Put this instance back: /.gatekeeper/health answers 200 again'
-complete -c gatekeeper -n "__fish_gatekeeper_using_subcommand help; and not __fish_seen_subcommand_from run check on pause resume drain undrain off status health man completions help" -f -a "off" -d 'Turn maintenance off (removes the toggle file; idempotent)'
-complete -c gatekeeper -n "__fish_gatekeeper_using_subcommand help; and not __fish_seen_subcommand_from run check on pause resume drain undrain off status health man completions help" -f -a "status" -d 'Print "maintenance: on since <time> (<message>)" or "maintenance: off", and what else applies'
-complete -c gatekeeper -n "__fish_gatekeeper_using_subcommand help; and not __fish_seen_subcommand_from run check on pause resume drain undrain off status health man completions help" -f -a "health" -d 'Exit 0 when the running daemon\'s admin endpoint answers /healthz (for container health checks)'
-complete -c gatekeeper -n "__fish_gatekeeper_using_subcommand help; and not __fish_seen_subcommand_from run check on pause resume drain undrain off status health man completions help" -f -a "man" -d 'Print the man page (roff, section 8), made from these commands and options'
-complete -c gatekeeper -n "__fish_gatekeeper_using_subcommand help; and not __fish_seen_subcommand_from run check on pause resume drain undrain off status health man completions help" -f -a "completions" -d 'Print the shell completion script for bash, zsh or fish'
-complete -c gatekeeper -n "__fish_gatekeeper_using_subcommand help; and not __fish_seen_subcommand_from run check on pause resume drain undrain off status health man completions help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c gatekeeper -n "__fish_gatekeeper_using_subcommand token; and not __fish_seen_subcommand_from add list revoke help" -s c -l config -d 'Config file' -r -F
+complete -c gatekeeper -n "__fish_gatekeeper_using_subcommand token; and not __fish_seen_subcommand_from add list revoke help" -s h -l help -d 'Print help'
+complete -c gatekeeper -n "__fish_gatekeeper_using_subcommand token; and not __fish_seen_subcommand_from add list revoke help" -f -a "add" -d 'Create a token and print its bypass link and header (only a hash is stored)'
+complete -c gatekeeper -n "__fish_gatekeeper_using_subcommand token; and not __fish_seen_subcommand_from add list revoke help" -f -a "list" -d 'List tokens: name, created, expires (never the token)'
+complete -c gatekeeper -n "__fish_gatekeeper_using_subcommand token; and not __fish_seen_subcommand_from add list revoke help" -f -a "revoke" -d 'Remove a token; every cookie it set stops working at once'
+complete -c gatekeeper -n "__fish_gatekeeper_using_subcommand token; and not __fish_seen_subcommand_from add list revoke help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c gatekeeper -n "__fish_gatekeeper_using_subcommand token; and __fish_seen_subcommand_from add" -l ttl -d 'Lifetime, e.g. "30d", "12h" (default: until revoked)' -r
+complete -c gatekeeper -n "__fish_gatekeeper_using_subcommand token; and __fish_seen_subcommand_from add" -s c -l config -d 'Config file' -r -F
+complete -c gatekeeper -n "__fish_gatekeeper_using_subcommand token; and __fish_seen_subcommand_from add" -s h -l help -d 'Print help'
+complete -c gatekeeper -n "__fish_gatekeeper_using_subcommand token; and __fish_seen_subcommand_from list" -s c -l config -d 'Config file' -r -F
+complete -c gatekeeper -n "__fish_gatekeeper_using_subcommand token; and __fish_seen_subcommand_from list" -s h -l help -d 'Print help'
+complete -c gatekeeper -n "__fish_gatekeeper_using_subcommand token; and __fish_seen_subcommand_from revoke" -s c -l config -d 'Config file' -r -F
+complete -c gatekeeper -n "__fish_gatekeeper_using_subcommand token; and __fish_seen_subcommand_from revoke" -s h -l help -d 'Print help'
+complete -c gatekeeper -n "__fish_gatekeeper_using_subcommand token; and __fish_seen_subcommand_from help" -f -a "add" -d 'Create a token and print its bypass link and header (only a hash is stored)'
+complete -c gatekeeper -n "__fish_gatekeeper_using_subcommand token; and __fish_seen_subcommand_from help" -f -a "list" -d 'List tokens: name, created, expires (never the token)'
+complete -c gatekeeper -n "__fish_gatekeeper_using_subcommand token; and __fish_seen_subcommand_from help" -f -a "revoke" -d 'Remove a token; every cookie it set stops working at once'
+complete -c gatekeeper -n "__fish_gatekeeper_using_subcommand token; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c gatekeeper -n "__fish_gatekeeper_using_subcommand history" -s n -d 'How many entries' -r
+complete -c gatekeeper -n "__fish_gatekeeper_using_subcommand history" -s c -l config -d 'Config file' -r -F
+complete -c gatekeeper -n "__fish_gatekeeper_using_subcommand history" -s h -l help -d 'Print help'
+complete -c gatekeeper -n "__fish_gatekeeper_using_subcommand help; and not __fish_seen_subcommand_from run check on pause resume drain undrain off status health man completions token history help" -f -a "run" -d 'Run the daemon in the foreground (systemd runs this)'
+complete -c gatekeeper -n "__fish_gatekeeper_using_subcommand help; and not __fish_seen_subcommand_from run check on pause resume drain undrain off status health man completions token history help" -f -a "check" -d 'Validate the config, the allowlist file and the page directory; exit 0, or print errors and exit 2'
+complete -c gatekeeper -n "__fish_gatekeeper_using_subcommand help; and not __fish_seen_subcommand_from run check on pause resume drain undrain off status health man completions token history help" -f -a "on" -d 'Turn maintenance on (creates the toggle file atomically; idempotent)'
+complete -c gatekeeper -n "__fish_gatekeeper_using_subcommand help; and not __fish_seen_subcommand_from run check on pause resume drain undrain off status health man completions token history help" -f -a "pause" -d 'Hold requests instead of answering them, while the app restarts; `resume` releases them'
+complete -c gatekeeper -n "__fish_gatekeeper_using_subcommand help; and not __fish_seen_subcommand_from run check on pause resume drain undrain off status health man completions token history help" -f -a "resume" -d 'Release held requests (the same as `off`)'
+complete -c gatekeeper -n "__fish_gatekeeper_using_subcommand help; and not __fish_seen_subcommand_from run check on pause resume drain undrain off status health man completions token history help" -f -a "drain" -d 'Take this instance out of its load balancer: /.gatekeeper/health answers 503 (kept across restarts)'
+complete -c gatekeeper -n "__fish_gatekeeper_using_subcommand help; and not __fish_seen_subcommand_from run check on pause resume drain undrain off status health man completions token history help" -f -a "undrain" -d 'Put this instance back: /.gatekeeper/health answers 200 again'
+complete -c gatekeeper -n "__fish_gatekeeper_using_subcommand help; and not __fish_seen_subcommand_from run check on pause resume drain undrain off status health man completions token history help" -f -a "off" -d 'Turn maintenance off (removes the toggle file; idempotent)'
+complete -c gatekeeper -n "__fish_gatekeeper_using_subcommand help; and not __fish_seen_subcommand_from run check on pause resume drain undrain off status health man completions token history help" -f -a "status" -d 'Print "maintenance: on since <time> (<message>)" or "maintenance: off", and what else applies'
+complete -c gatekeeper -n "__fish_gatekeeper_using_subcommand help; and not __fish_seen_subcommand_from run check on pause resume drain undrain off status health man completions token history help" -f -a "health" -d 'Exit 0 when the running daemon\'s admin endpoint answers /healthz (for container health checks)'
+complete -c gatekeeper -n "__fish_gatekeeper_using_subcommand help; and not __fish_seen_subcommand_from run check on pause resume drain undrain off status health man completions token history help" -f -a "man" -d 'Print the man page (roff, section 8), made from these commands and options'
+complete -c gatekeeper -n "__fish_gatekeeper_using_subcommand help; and not __fish_seen_subcommand_from run check on pause resume drain undrain off status health man completions token history help" -f -a "completions" -d 'Print the shell completion script for bash, zsh or fish'
+complete -c gatekeeper -n "__fish_gatekeeper_using_subcommand help; and not __fish_seen_subcommand_from run check on pause resume drain undrain off status health man completions token history help" -f -a "token" -d 'Named bypass tokens: one per person, with its own expiry, revocable alone'
+complete -c gatekeeper -n "__fish_gatekeeper_using_subcommand help; and not __fish_seen_subcommand_from run check on pause resume drain undrain off status health man completions token history help" -f -a "history" -d 'Print the last commands and flips from <toggle>.history, newest last'
+complete -c gatekeeper -n "__fish_gatekeeper_using_subcommand help; and not __fish_seen_subcommand_from run check on pause resume drain undrain off status health man completions token history help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c gatekeeper -n "__fish_gatekeeper_using_subcommand help; and __fish_seen_subcommand_from token" -f -a "add" -d 'Create a token and print its bypass link and header (only a hash is stored)'
+complete -c gatekeeper -n "__fish_gatekeeper_using_subcommand help; and __fish_seen_subcommand_from token" -f -a "list" -d 'List tokens: name, created, expires (never the token)'
+complete -c gatekeeper -n "__fish_gatekeeper_using_subcommand help; and __fish_seen_subcommand_from token" -f -a "revoke" -d 'Remove a token; every cookie it set stops working at once'

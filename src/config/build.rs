@@ -10,12 +10,12 @@ use ipnet::IpNet;
 
 use super::error::Collector;
 use super::raw::{
-    RawAdmin, RawBuffering, RawBypass, RawClients, RawConfig, RawFleet, RawLog, RawMaintenance, RawServer, RawTls,
-    RawUpstream, S,
+    RawAdmin, RawBuffering, RawBypass, RawClients, RawConfig, RawFleet, RawHooks, RawLog, RawMaintenance, RawServer,
+    RawTls, RawUpstream, S,
 };
 use super::{
-    Admin, Buffering, Bypass, CertFiles, Clients, Config, Fleet, Log, LogFormat, Maintenance, OnError, Server, Tls,
-    Upstream, UpstreamTarget, DEFAULT_MESSAGE,
+    Admin, Buffering, Bypass, CertFiles, Clients, Config, Fleet, Hooks, Log, LogFormat, Maintenance, OnError, Server,
+    Tls, Upstream, UpstreamTarget, DEFAULT_MESSAGE,
 };
 use crate::allowlist;
 use crate::client_ip::ForwardHeader;
@@ -33,8 +33,9 @@ pub(super) fn build(raw: RawConfig, base: &Path, file: &Path, c: &mut Collector)
     let admin = raw.admin.as_ref().map(|a| admin(c, a));
     let tls = raw.tls.as_ref().map(|t| tls(c, t, base));
     let fleet = raw.fleet.as_ref().map(|f| fleet(c, f, base));
-    let bypass = bypass(c, &raw.bypass);
+    let bypass = bypass(c, &raw.bypass, base, &maintenance.toggle);
     let log = log(c, &raw.log);
+    let hooks = hooks(c, &raw.hooks, base);
     Config {
         file: file.to_path_buf(),
         listen,
@@ -48,6 +49,7 @@ pub(super) fn build(raw: RawConfig, base: &Path, file: &Path, c: &mut Collector)
         tls,
         fleet,
         bypass,
+        hooks,
     }
 }
 
@@ -358,7 +360,7 @@ fn fleet_endpoints(c: &mut Collector, f: &RawFleet) -> Vec<String> {
     endpoints
 }
 
-fn bypass(c: &mut Collector, bp: &RawBypass) -> Bypass {
+fn bypass(c: &mut Collector, bp: &RawBypass, base: &Path, toggle: &Path) -> Bypass {
     let mut bypass_path = bp
         .path
         .as_ref()
@@ -398,11 +400,40 @@ fn bypass(c: &mut Collector, bp: &RawBypass) -> Bypass {
             http::HeaderName::from_static("x-gatekeeper-bypass")
         }),
     };
+    let tokens_file = match &bp.tokens_file {
+        Some(f) => resolve_path(base, f.get_ref()),
+        None => crate::fsutil::parent_dir(toggle).join("tokens"),
+    };
     Bypass {
         path: bypass_path,
         cookie_name,
         cookie_ttl,
         header,
+        tokens_file,
+    }
+}
+
+fn hooks(c: &mut Collector, h: &RawHooks, base: &Path) -> Hooks {
+    let on_change = h.on_change.as_ref().map_or_else(Vec::new, |v| v.get_ref().clone());
+    if let Some(v) = h
+        .on_change
+        .as_ref()
+        .filter(|_| on_change.first().is_some_and(String::is_empty))
+    {
+        c.at(span(v), "hooks.on_change", "the program (first element) is empty");
+    }
+    let webhook = h.webhook.as_ref().and_then(|w| match w.get_ref().parse::<http::Uri>() {
+        Ok(u) if matches!(u.scheme_str(), Some("https" | "http")) && u.host().is_some() => Some(u),
+        _ => {
+            let msg = format!("{:?} is not an https:// (or http://) URL", w.get_ref());
+            c.at(span(w), "hooks.webhook", msg);
+            None
+        }
+    });
+    Hooks {
+        on_change,
+        webhook,
+        webhook_ca: h.webhook_ca.as_ref().map(|p| resolve_path(base, p.get_ref())),
     }
 }
 

@@ -42,6 +42,18 @@ pub struct Config {
     /// One switch for many instances, through etcd.
     pub fleet: Option<Fleet>,
     pub bypass: Bypass,
+    pub hooks: Hooks,
+}
+
+/// What runs on every flip the daemon applies (see the `hooks` module).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Hooks {
+    /// argv of a program run with the flip in its environment; empty: none.
+    pub on_change: Vec<String>,
+    /// `http(s)://` URL that gets `{"text": ...}` POSTed.
+    pub webhook: Option<http::Uri>,
+    /// PEM CA bundle trusted for the webhook besides the system's roots.
+    pub webhook_ca: Option<PathBuf>,
 }
 
 /// The secret bypass link, cookie and header.
@@ -52,6 +64,8 @@ pub struct Bypass {
     pub cookie_name: String,
     pub cookie_ttl: Duration,
     pub header: http::HeaderName,
+    /// Named bypass tokens (hashes only); default `tokens` next to the toggle.
+    pub tokens_file: PathBuf,
 }
 
 /// While etcd cannot be reached: keep the last known state, or fail closed/open.
@@ -391,6 +405,34 @@ toggle = "/tmp/gk/maintenance-mode-on"
         assert_eq!(
             c.map(|c| c.upstream.target),
             Ok(UpstreamTarget::Unix("/run/app.sock".into()))
+        );
+    }
+
+    #[test]
+    fn hooks_and_tokens_file() {
+        let c = Config::parse(Path::new("/etc/gk/g.toml"), MIN).map_err(|e| e.to_string());
+        let c = c.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.bypass.tokens_file, PathBuf::from("/tmp/gk/tokens"));
+        assert_eq!(c.hooks, Hooks::default());
+        let text = format!(
+            "{MIN}[bypass]\ntokens_file = \"t\"\n[hooks]\non_change = [\"/bin/notify\", \"ops\"]\n\
+             webhook = \"https://chat.example/hooks/x\"\nwebhook_ca = \"ca.pem\"\n"
+        );
+        let c = Config::parse(Path::new("/etc/gk/g.toml"), &text).map_err(|e| e.to_string());
+        let c = c.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.bypass.tokens_file, PathBuf::from("/etc/gk/t"));
+        assert_eq!(c.hooks.on_change, ["/bin/notify", "ops"]);
+        assert_eq!(
+            c.hooks.webhook.map(|u| u.to_string()).as_deref(),
+            Some("https://chat.example/hooks/x")
+        );
+        assert_eq!(c.hooks.webhook_ca, Some(PathBuf::from("/etc/gk/ca.pem")));
+        assert_eq!(
+            errs(&format!("{MIN}[hooks]\nwebhook = \"ftp://x\"\non_change = [\"\"]\n")),
+            vec![
+                "gatekeeper.toml:9:13: hooks.on_change: the program (first element) is empty",
+                "gatekeeper.toml:8:11: hooks.webhook: \"ftp://x\" is not an https:// (or http://) URL",
+            ]
         );
     }
 }

@@ -25,6 +25,16 @@ pub struct RawConfig {
     pub fleet: Option<RawFleet>,
     #[serde(default)]
     pub bypass: RawBypass,
+    #[serde(default)]
+    pub hooks: RawHooks,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawHooks {
+    pub on_change: Option<S<Vec<String>>>,
+    pub webhook: Option<S<String>>,
+    pub webhook_ca: Option<S<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -34,6 +44,7 @@ pub struct RawBypass {
     pub cookie_name: Option<S<String>>,
     pub cookie_ttl: Option<S<toml::Value>>,
     pub header: Option<S<String>>,
+    pub tokens_file: Option<S<String>>,
 }
 
 #[derive(Deserialize)]

@@ -330,7 +330,8 @@ impl Runner {
         let snap = self.state.snapshot();
         let from_fleet = snap.maint.source == Some(Source::Fleet);
         let settings_changed = from_fleet && prev.as_ref().is_some_and(|p| p.on && p.value != view.value);
-        flip.log(
+        self.state.applied(
+            flip,
             Via::Fleet {
                 key: &self.cfg.key,
                 revision: view.revision,
