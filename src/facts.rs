@@ -42,8 +42,8 @@ pub struct Gathered<'s> {
     pub named: Option<Presented<'s>>,
 }
 
-/// The facts of `req` against `snap`. `now` matters only while a toggle is
-/// present (cookie expiry); callers may pass any time otherwise.
+/// The facts of `req` against `snap`. `now` matters only for cookies (their
+/// expiry); callers may pass any time when no secret or token is in force.
 pub fn gather<'s, B>(req: &Request<B>, conn: &Conn, snap: &'s Snapshot, now: jiff::Timestamp) -> Gathered<'s> {
     let (rt, m) = (&*snap.rt, &snap.maint);
     let cfg = &rt.config;

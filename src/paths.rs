@@ -19,7 +19,8 @@ pub fn under_bypass_path(path: &str, prefixes: &[String]) -> bool {
 
 /// [`under_bypass_path`] for one prefix.
 pub fn under_prefix(path: &str, prefix: &str) -> bool {
-    !path_is_ambiguous(path) && segment_prefix(path, prefix)
+    // The cheap test first: most paths are not under the prefix at all.
+    segment_prefix(path, prefix) && !path_is_ambiguous(path)
 }
 
 fn segment_prefix(path: &str, p: &str) -> bool {

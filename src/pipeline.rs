@@ -39,8 +39,9 @@ where
     let mut held: Option<Duration> = None;
     loop {
         let snap = state.snapshot();
-        // The clock matters only while a toggle is present (cookies, windows).
-        let now = if snap.maint.present {
+        // The clock matters only for cookies and windows: read it only then.
+        let m = &snap.maint;
+        let now = if m.present && (m.secret.is_some() || m.until.is_some() || !snap.rt.tokens.is_empty()) {
             jiff::Timestamp::now()
         } else {
             jiff::Timestamp::UNIX_EPOCH

@@ -150,7 +150,7 @@ async fn pause_holds_and_resume_releases_in_order() {
     assert_eq!(
         seen,
         vec!["/held/0", "/held/1", "/held/2"],
-"all of them, and never the quitter"
+        "all of them, and never the quitter"
     );
     assert!(
         gk.log().contains("decision=\"held\"") || gk.log().contains("decision=held"),
