@@ -10,7 +10,7 @@ use http::{Method, Request};
 use crate::bypass;
 use crate::client_ip::{self, Resolved};
 use crate::decision::{Endpoint, Facts, Script};
-use crate::framing::{self, FramingError};
+use crate::framing::{self, FramingError, Head};
 use crate::page::Asset;
 use crate::paths::{host_in_scope, in_scope, under_bypass_path, under_prefix};
 use crate::state::Snapshot;
@@ -49,12 +49,13 @@ pub fn gather<'s, B>(req: &Request<B>, conn: &Conn, snap: &'s Snapshot, now: jif
     let cfg = &rt.config;
     let headers = req.headers();
     let path = req.uri().path();
+    let head = Head::scan(headers);
 
     let resolved = client_ip::resolve(conn.peer.ip(), headers, &rt.trusted, &cfg.clients.header);
     let client_allowed = resolved.client.is_some_and(|ip| rt.allow.contains(ip));
     let bypass_path =
         under_bypass_path(path, &cfg.maintenance.bypass_paths) || (cfg.maintenance.acme && under_prefix(path, ACME));
-    let host = request_host(req);
+    let host = host_of(req, head.host);
     let location = match &cfg.tls {
         Some(tls) if !conn.https && tls.redirect_http && !bypass_path => {
             https_location(req, host, tls, conn.https_port)
@@ -95,10 +96,10 @@ pub fn gather<'s, B>(req: &Request<B>, conn: &Conn, snap: &'s Snapshot, now: jif
         None
     };
     let preflight = *method == Method::OPTIONS && headers.contains_key(ACCESS_CONTROL_REQUEST_METHOD);
-    let declared_length = content_length(headers);
+    let declared_length = head.content_length.and_then(|v| v.to_str().ok()?.trim().parse().ok());
     let too_large = declared_length.is_some_and(|n| n > cfg.buffering.max_body);
     // SECURITY: what a proxy in front may frame otherwise is refused before anything reads the body.
-    let framing = framing::check(req.version(), headers).err();
+    let framing = framing::check_head(req.version(), headers, &head).err();
     Gathered {
         facts: Facts {
             bad_framing: framing.is_some(),
@@ -149,9 +150,13 @@ fn endpoint(path: &str, pages: &crate::page::PageSet) -> Option<Endpoint> {
 /// The host a request is for: an absolute-form target's or HTTP/2's
 /// authority (RFC 9112 §3.2.2), else `Host`.
 pub fn request_host<B>(req: &Request<B>) -> Option<&str> {
+    host_of(req, req.headers().get(HOST))
+}
+
+fn host_of<'r, B>(req: &'r Request<B>, host: Option<&'r HeaderValue>) -> Option<&'r str> {
     match req.uri().authority() {
         Some(a) => Some(a.as_str()),
-        None => req.headers().get(HOST).and_then(|h| h.to_str().ok()),
+        None => host.and_then(|h| h.to_str().ok()),
     }
 }
 
@@ -174,9 +179,4 @@ fn https_location<B>(
     };
     let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
     HeaderValue::from_str(&format!("https://{target_host}{pq}")).ok()
-}
-
-/// The declared length of a request body, when it is a plain number.
-fn content_length(h: &http::HeaderMap) -> Option<u64> {
-    h.get(http::header::CONTENT_LENGTH)?.to_str().ok()?.trim().parse().ok()
 }

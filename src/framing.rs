@@ -14,7 +14,7 @@
 //! codings other than `chunked`, and an HTTP/1.1 Host missing, repeated or
 //! invalid.
 
-use http::header::{HOST, TRANSFER_ENCODING};
+use http::header::{HeaderValue, CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
 use http::{HeaderMap, StatusCode, Version};
 
 /// Why a request's framing or Host is refused.
@@ -65,11 +65,47 @@ impl FramingError {
 /// Transfer-Encoding (the h2 layer rejects one) and their Host may be
 /// `:authority` alone, so they pass unchecked.
 pub fn check(version: Version, headers: &HeaderMap) -> Result<(), FramingError> {
+    check_head(version, headers, &Head::scan(headers))
+}
+
+/// The fields of a request head the framing and the host depend on, found in
+/// one pass over them (a lookup per name costs a hash each).
+#[derive(Debug, Default)]
+pub struct Head<'a> {
+    /// The first Host line, and how many there are.
+    pub host: Option<&'a HeaderValue>,
+    pub host_lines: u32,
+    pub transfer_encoding: bool,
+    /// The first Content-Length line (hyper refuses differing ones).
+    pub content_length: Option<&'a HeaderValue>,
+}
+
+impl<'a> Head<'a> {
+    pub fn scan(headers: &'a HeaderMap) -> Head<'a> {
+        let mut h = Head::default();
+        for (name, value) in headers {
+            if name == HOST {
+                h.host.get_or_insert(value);
+                h.host_lines += 1;
+            } else if name == CONTENT_LENGTH {
+                h.content_length.get_or_insert(value);
+            } else if name == TRANSFER_ENCODING {
+                h.transfer_encoding = true;
+            }
+        }
+        h
+    }
+}
+
+/// [`check`] with the head already scanned.
+pub fn check_head(version: Version, headers: &HeaderMap, head: &Head<'_>) -> Result<(), FramingError> {
     if version != Version::HTTP_11 && version != Version::HTTP_10 {
         return Ok(());
     }
-    transfer_encoding(version, headers)?;
-    host(version, headers)
+    if head.transfer_encoding {
+        transfer_encoding(version, headers)?;
+    }
+    host(version, head)
 }
 
 fn transfer_encoding(version: Version, headers: &HeaderMap) -> Result<(), FramingError> {
@@ -110,14 +146,13 @@ fn transfer_encoding(version: Version, headers: &HeaderMap) -> Result<(), Framin
     }
 }
 
-fn host(version: Version, headers: &HeaderMap) -> Result<(), FramingError> {
-    let mut lines = headers.get_all(HOST).iter();
-    match (lines.next(), lines.next()) {
+fn host(version: Version, head: &Head<'_>) -> Result<(), FramingError> {
+    match (head.host, head.host_lines) {
         (None, _) if version == Version::HTTP_11 => Err(FramingError::MissingHost),
         (None, _) => Ok(()),
-        (Some(_), Some(_)) => Err(FramingError::DuplicateHost),
-        (Some(h), None) if valid_host(h.as_bytes()) => Ok(()),
-        (Some(_), None) => Err(FramingError::InvalidHost),
+        (Some(_), 2..) => Err(FramingError::DuplicateHost),
+        (Some(h), _) if valid_host(h.as_bytes()) => Ok(()),
+        (Some(_), _) => Err(FramingError::InvalidHost),
     }
 }
 

@@ -30,10 +30,12 @@ fn temp_file(dir: &Path, name: &str, age_secs: u64) -> PathBuf {
     p
 }
 
+/// The names in `dir`, sorted; the audit trail (`<toggle>.history`) aside.
 fn names(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.contains(".history"))
         .collect();
     v.sort();
     v
