@@ -8,19 +8,22 @@
     // Where the script came from: the status is asked there (it allows any origin).
     me = document.currentScript && /^(.*)\/\.gatekeeper\/banner\.js/.exec(document.currentScript.src),
     base = me ? me[1] : "";
-  function fmt(t, timeOnly) {
-    var o = { hour: "numeric", minute: "2-digit", timeZoneName: "short" };
-    if (!timeOnly) { o.weekday = "short"; o.month = "short"; o.day = "numeric"; }
+  function fmt(t, day, zone) {
+    var o = { hour: "numeric", minute: "2-digit" };
+    if (day) { o.weekday = "short"; o.month = "short"; o.day = "numeric"; }
+    if (zone) o.timeZoneName = "short";
     return new Date(t).toLocaleString(undefined, o);
   }
   function span(s) {
-    var day = function (t) { return new Date(t).toDateString(); };
-    return fmt(s.from) + (s.until ? " to " + fmt(s.until, day(s.from) === day(s.until)) : "");
+    if (!s.until) return fmt(s.from, 1, 1);
+    // "Sat, Dec 5, 2:00 AM to 2:30 AM EST"; the date again only when it changes.
+    var same = new Date(s.from).toDateString() === new Date(s.until).toDateString();
+    return fmt(s.from, 1, !same) + " to " + fmt(s.until, !same, 1);
   }
   function text(s, now) {
     if (s.maintenance === "read-only") {
       return "Maintenance: the site is read-only for now, changes cannot be saved." +
-        (s.until ? " Back to normal by " + fmt(s.until) + "." : "");
+        (s.until ? " Back to normal by " + fmt(s.until, 1, 1) + "." : "");
     }
     var ahead = (Date.parse(s.from) - now) / 1000;
     if (s.maintenance === "scheduled" && ahead > 0 && ahead <= s.announce) {
@@ -30,7 +33,7 @@
   }
   var CSS = "#ID{position:relative;z-index:2147483647;display:flex;flex-wrap:wrap;gap:.4em 1em;" +
     "align-items:center;justify-content:center;margin:0;padding:.6em 1em;background:#fff4ce;color:#3b2f00;" +
-    "border-bottom:1px solid #e8cf6d;font:15px/1.45 system-ui,-apple-system,'Segoe UI',Roboto,sans-serif;" +
+    "border-bottom:1px solid #e8cf6d;font:15px/1.45 system-ui,sans-serif;" +
     "text-align:center}#ID button{font:inherit;color:inherit;background:transparent;" +
     "border:1px solid currentColor;border-radius:6px;padding:.15em .8em;cursor:pointer}" +
     "#ID button:focus-visible{outline:2px solid #b35c00;outline-offset:2px}" +
@@ -54,10 +57,8 @@
       try { sessionStorage.setItem(KEY, key); } catch (e) {}
       b.remove();
     };
-    b.appendChild(st);
-    b.appendChild(p);
-    b.appendChild(x);
-    document.body.insertBefore(b, document.body.firstChild);
+    b.append(st, p, x);
+    document.body.prepend(b);
   }
   function start() {
     fetch(base + "/.gatekeeper/status", { cache: "no-store" })
