@@ -4,7 +4,9 @@
 //! read, and those two scripts. Tiny, cheap, never proxied.
 
 use bytes::Bytes;
-use http::header::{HeaderValue, ACCESS_CONTROL_ALLOW_ORIGIN, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE};
+use http::header::{
+    HeaderValue, ACCESS_CONTROL_ALLOW_ORIGIN, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, X_CONTENT_TYPE_OPTIONS,
+};
 use http::{Method, Response, StatusCode};
 use http_body_util::Full;
 
@@ -30,6 +32,8 @@ fn answer(
     h.insert(CONTENT_TYPE, HeaderValue::from_static(ctype));
     h.insert(CONTENT_LENGTH, HeaderValue::from(len));
     h.insert(CACHE_CONTROL, HeaderValue::from_static(cache));
+    // The status is JSON and the scripts are scripts, whatever a browser would guess.
+    h.insert(X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     r
 }
 
