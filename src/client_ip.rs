@@ -351,10 +351,7 @@ impl<'a> Cursor<'a> {
     /// `token = 1*tchar`
     fn token(&mut self) -> Result<&'a str, ()> {
         let start = self.i;
-        while self
-            .peek()
-            .is_some_and(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
-        {
+        while self.peek().is_some_and(crate::syntax::is_tchar) {
             self.i += 1;
         }
         let s = self.s;

@@ -77,6 +77,8 @@ pub mod runtime;
 pub mod server;
 /// The atomically swapped snapshot requests read.
 pub mod state;
+/// HTTP's token grammar.
+pub mod syntax;
 /// TLS: certificates (hot-reloaded, SNI) and the rustls server config.
 pub mod tls;
 /// Toggle file content, reading, atomic writing.

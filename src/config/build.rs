@@ -380,8 +380,7 @@ fn bypass(c: &mut Collector, bp: &RawBypass, base: &Path, toggle: &Path) -> Bypa
         .as_ref()
         .map_or_else(|| "gatekeeper_bypass".to_string(), |n| n.get_ref().clone());
     // RFC 6265 cookie-name is an HTTP token.
-    let token_char = |ch: char| ch.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(ch);
-    if cookie_name.is_empty() || !cookie_name.chars().all(token_char) {
+    if !crate::syntax::is_token(&cookie_name) {
         c.at(
             bp.cookie_name.as_ref().and_then(span),
             "bypass.cookie_name",

@@ -1,5 +1,6 @@
 //! Content negotiation between the HTML page and the JSON answer.
 
+use crate::syntax::is_token;
 use http::header::HeaderValue;
 
 /// How well one media range matches a target type: `(q in thousandths, specificity)`.
@@ -55,12 +56,7 @@ fn parse_media_range(element: &str) -> Option<(&str, &str, u16)> {
     let mut parts = element.split(';');
     let range = parts.next()?.trim();
     let (ty, sub) = range.split_once('/')?;
-    let valid_token = |t: &str| {
-        !t.is_empty()
-            && t.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
-    };
-    if !valid_token(ty) || !valid_token(sub) || (ty == "*" && sub != "*") {
+    if !is_token(ty) || !is_token(sub) || (ty == "*" && sub != "*") {
         return None;
     }
     let mut q = 1000;
