@@ -59,6 +59,8 @@ pub mod rewrite;
 pub mod runtime;
 /// Listeners and connections.
 pub mod server;
+/// Bounds on an upstream that stops mid-exchange (read and send timeouts).
+pub mod stall;
 /// The atomically swapped snapshot requests read.
 pub mod state;
 /// TLS: certificates (hot-reloaded, SNI) and the rustls server config.
