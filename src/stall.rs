@@ -25,8 +25,9 @@ pub struct Silence {
     limit: Duration,
     /// Created on the first wait: an answer that never waits costs no timer.
     timer: Option<Pin<Box<Sleep>>>,
-    /// When the current wait began.
-    since: Instant,
+    /// When the current wait began (set on the first wait: no clock read for
+    /// an answer that never waits).
+    since: Option<Instant>,
     /// Progress since `since`: the next wait starts a new silence.
     progressed: bool,
 }
@@ -36,7 +37,7 @@ impl Silence {
         Silence {
             limit,
             timer: None,
-            since: Instant::now(),
+            since: None,
             progressed: true,
         }
     }
@@ -53,13 +54,14 @@ impl Silence {
 
     /// Called whenever the stream waits; ready once it has been silent for `limit`.
     pub fn poll_expired(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        if self.progressed {
+        let since = match self.since {
+            Some(t) if !self.progressed => t,
             // Only the time is read here; a timer set for an earlier wait
             // fires early and is moved on below.
-            self.since = Instant::now();
-            self.progressed = false;
-        }
-        let due = self.since + self.limit;
+            _ => *self.since.insert(Instant::now()),
+        };
+        self.progressed = false;
+        let due = since + self.limit;
         let timer = self
             .timer
             .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(due)));
