@@ -166,10 +166,13 @@ where
     // Pinned where it is: handing the future itself to `bounded` would copy it twice.
     let exchange = std::pin::pin!(async {
         match upstream.send(out, hold).await {
-            (Err(e), true) if retry.is_some() && stale_connection(&*e) => {
-                // nginx's way: the pooled connection had been closed under the
-                // request; resend once on a fresh connection, which cannot be stale.
-                tracing::debug!(error = %error_chain(&*e), "stale upstream connection; resending on a new one");
+            // nginx's way: the pooled connection had been closed under the
+            // request; resend once on a fresh connection, which cannot be stale.
+            // With `upstream.wait`, a fresh connection closed unanswered too: an
+            // app going away (a restart) drops what it accepted but never
+            // answered, and the resend is held until it is back.
+            (Err(e), reused) if retry.is_some() && (reused || hold.0.is_some()) && stale_connection(&*e) => {
+                tracing::debug!(error = %error_chain(&*e), "upstream connection closed before any answer; resending on a new one");
                 let Some((method, uri, mut headers, host)) = retry else {
                     return Err(e);
                 };

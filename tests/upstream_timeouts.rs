@@ -330,3 +330,30 @@ fn the_new_upstream_keys_are_checked() {
     let o = gk(&["check", "-c", p.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(0), "{}", show(&o));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_wait_a_get_whose_new_connection_closes_unanswered_is_sent_again() {
+    // The first connection is closed unanswered (an app going away drops what
+    // it accepted); the next ones are answered.
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = l.local_addr().unwrap();
+    let accepted = Arc::new(AtomicU64::new(0));
+    let n = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            if n.fetch_add(1, Relaxed) == 0 {
+                let _ = read_head(&mut s).await;
+                drop(s);
+            } else {
+                tokio::spawn(serve_ok(s));
+            }
+        }
+    });
+    let fx = Fixture::new();
+    let mut cfg = fx.config(&format!("http://{up}"));
+    cfg.set("upstream.wait", &q("3s"));
+    let gk = Gatekeeper::start(&fx, &cfg);
+    let r = get(LOCALHOST, gk.addr, "/", &[]).await;
+    assert_eq!((r.status, &r.body[..]), (200, &b"up"[..]));
+    assert_eq!(accepted.load(Relaxed), 2);
+}
