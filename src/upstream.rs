@@ -150,7 +150,8 @@ impl UpstreamClient {
     /// Sends `req`, on an idle pooled connection when there is one. Returns the
     /// answer with the lease to hand back when its body is read (HTTP/1.1),
     /// and whether the connection had served before (only those can be stale).
-    /// A refused connection is tried again until `hold` (see [`Hold`]).
+    /// A refused connection is tried again until `hold` (see [`Hold`]; h2c
+    /// upstreams are not held: their client connects on its own).
     pub async fn send(
         &self,
         req: Request<Body>,
@@ -201,7 +202,8 @@ impl UpstreamClient {
                         return Err(e);
                     };
                     if !held {
-                        tracing::info!(error = %error_chain(&*e), "upstream refuses connections; holding the request (upstream.wait)");
+                        // Per request, so not above debug: a restart holds many (they are counted).
+                        tracing::debug!(error = %error_chain(&*e), "upstream refuses connections; holding the request");
                         held = true;
                     }
                     tokio::time::sleep(pause.min(until - now)).await;
