@@ -8,6 +8,8 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use http_body_util::BodyExt;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 
@@ -139,6 +141,37 @@ async fn an_upstream_silent_mid_answer_is_cut_off_after_read_timeout() {
             "{path}: the stalled upstream connection was kept open"
         );
     }
+    // Over HTTP/2 the stream is reset; the connection stays.
+    let s = connect_from(LOCALHOST, gk.addr).await.unwrap();
+    let (mut h2, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(s))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::builder()
+        .uri("http://stall.test/stall-unbuffered")
+        .body(empty())
+        .unwrap();
+    let t = Instant::now();
+    let resp = h2.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.into_body();
+    let mut got = 0;
+    let end = loop {
+        match tokio::time::timeout(Duration::from_secs(10), body.frame()).await {
+            Ok(Some(Ok(f))) => got += f.data_ref().map_or(0, |d| d.len()),
+            Ok(Some(Err(e))) => break format!("{e:?}"),
+            Ok(None) => break "end of stream".to_string(),
+            Err(_) => break "hang".to_string(),
+        }
+    };
+    let took = t.elapsed();
+    eprintln!("h2 /stall-unbuffered: {got} body bytes, then {end:?} after {took:?}");
+    assert!(end.contains("Reset"), "not an RST_STREAM: {end}");
+    assert!(got < MIB && took < Duration::from_secs(4), "{got} bytes, {took:?}");
+    assert_eq!(
+        metric(admin, "gatekeeper_upstream_errors_total{kind=\"read_timeout\"}").await,
+        3.0
+    );
     assert!(gk.log().contains("upstream answer cut off"), "{}", gk.log());
 
     // The next request gets a working connection (the stalled ones are gone).
