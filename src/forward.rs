@@ -18,31 +18,15 @@ use crate::decision::Mark;
 use crate::hop;
 use crate::page;
 use crate::rewrite::{rewrite_request_headers, Origin};
-use crate::upstream::{PooledBody, UpstreamClient};
+use crate::stall::{self, Expired, SendWatch};
+use crate::upstream::{error_chain, Hold, PooledBody, UpstreamClient};
 
 static X_MAINTENANCE_MODE: HeaderName = HeaderName::from_static("x-maintenance-mode");
 static X_ACCEL_BUFFERING: HeaderName = HeaderName::from_static("x-accel-buffering");
 
-/// How an answered request's upstream exchange ended, for logs and metrics.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    Ok,
-    Unreachable,
-    Timeout,
-    /// Answered by gatekeeper without contacting the upstream (413, 408, ...).
-    Refused,
-}
-
-impl Outcome {
-    pub fn label(self) -> &'static str {
-        match self {
-            Outcome::Ok => "ok",
-            Outcome::Unreachable => "unreachable",
-            Outcome::Timeout => "timeout",
-            Outcome::Refused => "refused",
-        }
-    }
-}
+// Defined with the counters (which must not depend on this module: the
+// upstream client counts too); the pipeline names it from here.
+pub use crate::metrics::Outcome;
 
 /// Why a forwarded request got no answer from the upstream.
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +43,9 @@ pub enum ForwardError {
     /// No response head within `upstream.timeout`.
     #[error("no response head from the upstream in time")]
     Timeout,
+    /// The upstream took none of the request body for `upstream.send_timeout`.
+    #[error("upstream took none of the request body for {0:?}")]
+    SendTimeout(std::time::Duration),
     /// The upstream switched protocols on a request that did not ask to.
     #[error("upstream switched protocols unasked")]
     UnaskedUpgrade,
@@ -71,6 +58,7 @@ impl ForwardError {
             ForwardError::Target(_) => Outcome::Ok,
             ForwardError::Unreachable(_) | ForwardError::UnaskedUpgrade => Outcome::Unreachable,
             ForwardError::Timeout => Outcome::Timeout,
+            ForwardError::SendTimeout(_) => Outcome::SendTimeout,
         }
     }
 
@@ -82,11 +70,13 @@ impl ForwardError {
             ForwardError::Body(RequestBodyError::Client(_)) | ForwardError::Target(_) => StatusCode::BAD_REQUEST,
             ForwardError::Body(RequestBodyError::Disk(_)) => StatusCode::INTERNAL_SERVER_ERROR,
             ForwardError::Unreachable(_) | ForwardError::UnaskedUpgrade => StatusCode::BAD_GATEWAY,
-            ForwardError::Timeout => StatusCode::GATEWAY_TIMEOUT,
+            ForwardError::Timeout | ForwardError::SendTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
         };
         match self {
             ForwardError::Body(RequestBodyError::Disk(_)) => tracing::error!(error = %self, "request refused"),
-            ForwardError::Unreachable(_) => tracing::warn!(error = %self, "upstream request failed"),
+            ForwardError::Unreachable(_) | ForwardError::SendTimeout(_) => {
+                tracing::warn!(error = %self, "upstream request failed")
+            }
             _ => {}
         }
         let mut r = boxed(page::error_response(status));
@@ -163,14 +153,27 @@ where
         )
     });
     rewrite_request_headers(&mut parts.headers, upstream, origin, host, upgrade);
+    // A body is watched while the upstream takes it (`upstream.send_timeout`).
+    let (watch, body) = if body.is_end_stream() {
+        (None, body)
+    } else {
+        let (w, b) = SendWatch::new(body);
+        (Some(w), b.boxed())
+    };
     let out = Request::from_parts(parts, body);
-    // Pinned where it is: handing the future itself to `timeout` would copy it twice.
+    let u = &cfg.upstream;
+    // Counts inside the head deadline (the config keeps it shorter).
+    let hold = Hold((!u.wait.is_zero()).then(|| tokio::time::Instant::now() + u.wait));
+    // Pinned where it is: handing the future itself to `bounded` would copy it twice.
     let exchange = std::pin::pin!(async {
-        match upstream.send(out).await {
-            (Err(e), true) if retry.is_some() && stale_connection(&*e) => {
-                // nginx's way: the pooled connection had been closed under the
-                // request; resend once on a fresh connection, which cannot be stale.
-                tracing::debug!(error = %error_chain(&*e), "stale upstream connection; resending on a new one");
+        match upstream.send(out, hold).await {
+            // nginx's way: the pooled connection had been closed under the
+            // request; resend once on a fresh connection, which cannot be stale.
+            // With `upstream.wait`, a fresh connection closed unanswered too: an
+            // app going away (a restart) drops what it accepted but never
+            // answered, and the resend is held until it is back.
+            (Err(e), reused) if retry.is_some() && (reused || hold.0.is_some()) && stale_connection(&*e) => {
+                tracing::debug!(error = %error_chain(&*e), "upstream connection closed before any answer; resending on a new one");
                 let Some((method, uri, mut headers, host)) = retry else {
                     return Err(e);
                 };
@@ -179,14 +182,16 @@ where
                 *again.method_mut() = method;
                 *again.uri_mut() = uri;
                 *again.headers_mut() = headers;
-                Box::pin(upstream.send_fresh(again)).await
+                Box::pin(upstream.send_fresh(again, hold)).await
             }
             (r, _) => r,
         }
     });
 
-    let (mut resp, lease) = match tokio::time::timeout(cfg.upstream.timeout, exchange).await {
-        Err(_) => return Err(ForwardError::Timeout),
+    let send = watch.as_ref().map(|w| (w, u.send_timeout));
+    let (mut resp, lease) = match stall::bounded(exchange, u.timeout, send).await {
+        Err(Expired::Head) => return Err(ForwardError::Timeout),
+        Err(Expired::Send) => return Err(ForwardError::SendTimeout(u.send_timeout)),
         Ok(Err(e)) => return Err(ForwardError::Unreachable(e)),
         Ok(Ok(r)) => r,
     };
@@ -242,9 +247,9 @@ where
     // A small answer of known length is already out of the app's hands (it sits in
     // socket buffers); spooling it would only add work.
     let small = resp.body().size_hint().exact().is_some_and(|n| n <= b.memory as u64);
-    let resp = resp.map(|inner| PooledBody::new(inner, lease));
+    let resp = resp.map(|inner| PooledBody::new(inner, lease, u.read_timeout));
     Ok(if no_body || unbuffered || !b.responses || small {
-        resp.map(|body| body.map_err(BoxError::from).boxed())
+        resp.map(BodyExt::boxed)
     } else {
         let dir = buffer::temp_dir(b.dir.as_deref());
         resp.map(|body| buffer::spool_response(body, b.memory, dir))
@@ -278,15 +283,4 @@ fn stale_connection(e: &(dyn std::error::Error + 'static)) -> bool {
         cur = c.source();
     }
     false
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }

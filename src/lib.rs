@@ -75,6 +75,8 @@ pub mod rewrite;
 pub mod runtime;
 /// Listeners and connections.
 pub mod server;
+/// Bounds on an upstream that stops mid-exchange (read and send timeouts).
+pub mod stall;
 /// The atomically swapped snapshot requests read.
 pub mod state;
 /// HTTP's token grammar.

@@ -3,6 +3,7 @@
 //! request is an array index and an atomic add — no lock, no allocation.
 
 use std::sync::atomic::AtomicU64;
+use std::sync::LazyLock;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -12,7 +13,6 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
 use crate::decision::Decision;
-use crate::forward::Outcome;
 
 const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
@@ -43,12 +43,100 @@ struct ResultLabel {
     result: &'static str,
 }
 
+/// How an answered request's upstream exchange ended, for logs and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Ok,
+    Unreachable,
+    Timeout,
+    /// The upstream stopped taking the request body.
+    SendTimeout,
+    /// Answered by gatekeeper without contacting the upstream (413, 408, ...).
+    Refused,
+}
+
+impl Outcome {
+    pub fn label(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::Unreachable => "unreachable",
+            Outcome::Timeout => "timeout",
+            Outcome::SendTimeout => "send_timeout",
+            Outcome::Refused => "refused",
+        }
+    }
+}
+
+/// What went wrong with the upstream, as `gatekeeper_upstream_errors_total{kind}` counts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamError {
+    /// No connection, or it failed before a response head (502).
+    Unreachable,
+    /// No response head within `upstream.timeout` (504).
+    Timeout,
+    /// The upstream stopped taking the request body for `upstream.send_timeout` (504).
+    SendTimeout,
+    /// The upstream went silent mid-answer for `upstream.read_timeout` (answer cut off).
+    ReadTimeout,
+}
+
+impl UpstreamError {
+    const ALL: [UpstreamError; 4] = [
+        UpstreamError::Unreachable,
+        UpstreamError::Timeout,
+        UpstreamError::SendTimeout,
+        UpstreamError::ReadTimeout,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            UpstreamError::Unreachable => "unreachable",
+            UpstreamError::Timeout => "timeout",
+            UpstreamError::SendTimeout => "send_timeout",
+            UpstreamError::ReadTimeout => "read_timeout",
+        }
+    }
+}
+
+/// Counters for the upstream side. Process-wide, not per [`Metrics`]: they
+/// are counted where things happen, deep in the upstream client and in a
+/// response body read long after its request was recorded.
+struct UpstreamCounters {
+    errors_family: Family<KindLabel, Counter>,
+    errors: [Counter; UpstreamError::ALL.len()],
+    waits_family: Family<ResultLabel, Counter>,
+    /// Requests held while the upstream refused connections (`upstream.wait`):
+    /// [connected in the end, gave up].
+    waits: [Counter; 2],
+}
+
+static UPSTREAM: LazyLock<UpstreamCounters> = LazyLock::new(|| {
+    let errors_family = Family::<KindLabel, Counter>::default();
+    let errors = UpstreamError::ALL.map(|k| errors_family.get_or_create(&KindLabel { kind: k.label() }).clone());
+    let waits_family = Family::<ResultLabel, Counter>::default();
+    let waits = ["connected", "gave_up"].map(|r| waits_family.get_or_create(&ResultLabel { result: r }).clone());
+    UpstreamCounters {
+        errors_family,
+        errors,
+        waits_family,
+        waits,
+    }
+});
+
+/// Counts one upstream failure.
+pub fn upstream_error(kind: UpstreamError) {
+    UPSTREAM.errors[kind as usize].inc();
+}
+
+/// Counts one request held by `upstream.wait`, by whether the upstream came back in time.
+pub fn upstream_wait(connected: bool) {
+    UPSTREAM.waits[usize::from(!connected)].inc();
+}
+
 pub struct Metrics {
     registry: Registry,
     requests: Vec<Counter>,
     durations: Vec<Histogram>,
-    upstream_unreachable: Counter,
-    upstream_timeout: Counter,
     pub reloads_ok: Counter,
     pub reloads_failed: Counter,
     pub maintenance: Gauge,
@@ -106,13 +194,16 @@ impl Metrics {
             durations_f,
         );
 
-        let upstream_f = Family::<KindLabel, Counter>::default();
-        let upstream_unreachable = upstream_f.get_or_create(&KindLabel { kind: "unreachable" }).clone();
-        let upstream_timeout = upstream_f.get_or_create(&KindLabel { kind: "timeout" }).clone();
         registry.register(
             "upstream_errors",
-            "Upstream failures: unreachable (502) or timeout (504)",
-            upstream_f,
+            "Upstream failures: unreachable (502), timeout (no response head, 504), send_timeout \
+             (request body not taken, 504), read_timeout (silent mid-answer, answer cut off)",
+            UPSTREAM.errors_family.clone(),
+        );
+        registry.register(
+            "upstream_waits",
+            "Requests held while the upstream refused connections (upstream.wait), by how the wait ended",
+            UPSTREAM.waits_family.clone(),
         );
 
         let reloads_f = Family::<ResultLabel, Counter>::default();
@@ -123,8 +214,6 @@ impl Metrics {
         let m = Metrics {
             requests,
             durations,
-            upstream_unreachable,
-            upstream_timeout,
             reloads_ok,
             reloads_failed,
             maintenance: Gauge::default(),
@@ -233,12 +322,9 @@ impl Metrics {
             h.observe(seconds);
         }
         match outcome {
-            Some(Outcome::Unreachable) => {
-                self.upstream_unreachable.inc();
-            }
-            Some(Outcome::Timeout) => {
-                self.upstream_timeout.inc();
-            }
+            Some(Outcome::Unreachable) => upstream_error(UpstreamError::Unreachable),
+            Some(Outcome::Timeout) => upstream_error(UpstreamError::Timeout),
+            Some(Outcome::SendTimeout) => upstream_error(UpstreamError::SendTimeout),
             _ => {}
         }
     }
@@ -291,6 +377,14 @@ mod tests {
             text.contains("gatekeeper_upstream_errors_total{kind=\"unreachable\"} 1"),
             "{text}"
         );
+        // Every kind and wait result is there from the start, counted or not.
+        for series in [
+            "gatekeeper_upstream_errors_total{kind=\"read_timeout\"}",
+            "gatekeeper_upstream_errors_total{kind=\"send_timeout\"}",
+            "gatekeeper_upstream_waits_total{result=\"gave_up\"}",
+        ] {
+            assert!(text.contains(series), "{series}: {text}");
+        }
         assert!(text.contains("gatekeeper_maintenance 1"), "{text}");
         assert!(text.contains("gatekeeper_allowlist_entries 3"), "{text}");
         assert!(text.contains("gatekeeper_request_duration_seconds_bucket"), "{text}");

@@ -21,6 +21,8 @@ use tokio::net::UnixStream;
 
 use crate::body::{Body, BoxError};
 use crate::config::{Upstream, UpstreamTarget};
+use crate::metrics::{self, UpstreamError};
+use crate::stall::{ReadTimeout, Silence};
 
 /// Connects every request to one Unix socket, whatever the URI says.
 #[derive(Clone)]
@@ -148,7 +150,13 @@ impl UpstreamClient {
     /// Sends `req`, on an idle pooled connection when there is one. Returns the
     /// answer with the lease to hand back when its body is read (HTTP/1.1),
     /// and whether the connection had served before (only those can be stale).
-    pub async fn send(&self, req: Request<Body>) -> (Result<(Response<Incoming>, Option<Lease>), BoxError>, bool) {
+    /// A refused connection is tried again until `hold` (see [`Hold`]; h2c
+    /// upstreams are not held: their client connects on its own).
+    pub async fn send(
+        &self,
+        req: Request<Body>,
+        hold: Hold,
+    ) -> (Result<(Response<Incoming>, Option<Lease>), BoxError>, bool) {
         if let Kind::H2c { client, .. } = &self.kind {
             return (
                 client.request(req).await.map(|r| (r, None)).map_err(BoxError::from),
@@ -158,7 +166,7 @@ impl UpstreamClient {
         let (mut sender, reused) = match checkout(self.id) {
             Some(s) => (s, true),
             // Boxed: the connecting state is rare and large; the exchange future stays small.
-            None => match Box::pin(self.connect()).await {
+            None => match Box::pin(self.connect(hold)).await {
                 Ok(s) => (s, false),
                 Err(e) => return (Err(e), false),
             },
@@ -168,14 +176,51 @@ impl UpstreamClient {
     }
 
     /// Sends on a new connection: it cannot have gone stale.
-    pub async fn send_fresh(&self, req: Request<Body>) -> Result<(Response<Incoming>, Option<Lease>), BoxError> {
-        let mut sender = self.connect().await?;
+    pub async fn send_fresh(
+        &self,
+        req: Request<Body>,
+        hold: Hold,
+    ) -> Result<(Response<Incoming>, Option<Lease>), BoxError> {
+        let mut sender = self.connect(hold).await?;
         let resp = sender.send_request(req).await?;
         Ok((resp, Some(Lease { sender, pool: self.id })))
     }
 
-    /// A new HTTP/1.1 connection, driven by a task on this worker.
-    async fn connect(&self) -> Result<hyper::client::conn::http1::SendRequest<Body>, BoxError> {
+    /// A new HTTP/1.1 connection; while the upstream refuses it (an app
+    /// restarting), tried again with a growing pause until `hold` ends.
+    async fn connect(&self, hold: Hold) -> Result<hyper::client::conn::http1::SendRequest<Body>, BoxError> {
+        let mut pause = HOLD_FIRST_PAUSE;
+        let mut held = false;
+        loop {
+            match self.connect_once().await {
+                Err(e) if refused(&*e) => {
+                    let now = tokio::time::Instant::now();
+                    let Some(until) = hold.0.filter(|&u| u > now) else {
+                        if held {
+                            metrics::upstream_wait(false);
+                        }
+                        return Err(e);
+                    };
+                    if !held {
+                        // Per request, so not above debug: a restart holds many (they are counted).
+                        tracing::debug!(error = %error_chain(&*e), "upstream refuses connections; holding the request");
+                        held = true;
+                    }
+                    tokio::time::sleep(pause.min(until - now)).await;
+                    pause = (pause * 2).min(HOLD_MAX_PAUSE);
+                }
+                r => {
+                    if held {
+                        metrics::upstream_wait(r.is_ok());
+                    }
+                    return r;
+                }
+            }
+        }
+    }
+
+    /// One attempt at a new HTTP/1.1 connection, driven by a task on this worker.
+    async fn connect_once(&self) -> Result<hyper::client::conn::http1::SendRequest<Body>, BoxError> {
         let io: Box<dyn FreshIo> = match &self.kind {
             Kind::Tcp { authority, connector } => {
                 let target = Uri::builder()
@@ -198,6 +243,41 @@ impl UpstreamClient {
         });
         Ok(sender)
     }
+}
+
+/// Until when a request may be held while the upstream refuses connections
+/// (`upstream.wait`; `None`: not at all).
+#[derive(Clone, Copy, Default)]
+pub struct Hold(pub Option<tokio::time::Instant>);
+
+/// The first pause before trying a refusing upstream again; it doubles up to [`HOLD_MAX_PAUSE`].
+const HOLD_FIRST_PAUSE: Duration = Duration::from_millis(50);
+const HOLD_MAX_PAUSE: Duration = Duration::from_millis(500);
+
+/// Nobody listens (TCP), or the socket is missing or unattended (Unix): the
+/// request has not gone out, so holding and trying again is safe.
+fn refused(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(c) = cur {
+        if let Some(io) = c.downcast_ref::<std::io::Error>() {
+            use std::io::ErrorKind as K;
+            return matches!(io.kind(), K::ConnectionRefused | K::NotFound);
+        }
+        cur = c.source();
+    }
+    false
+}
+
+/// An error with its causes, for logs.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
 }
 
 /// A connected byte stream hyper can drive (TCP or Unix).
@@ -266,33 +346,65 @@ impl Lease {
     }
 }
 
-/// A response body that returns its connection to the pool once read to the end.
+/// A response body that returns its connection to the pool once read to the
+/// end, and ends in an error when the upstream goes silent for `upstream.read_timeout`.
 pub struct PooledBody {
     inner: Incoming,
     lease: Option<Lease>,
+    silence: Silence,
+    /// Cut off by the read timeout: whatever comes later is not passed on.
+    cut: bool,
 }
 
 impl PooledBody {
-    pub fn new(inner: Incoming, lease: Option<Lease>) -> PooledBody {
-        PooledBody { inner, lease }
+    pub fn new(inner: Incoming, lease: Option<Lease>, read_timeout: Duration) -> PooledBody {
+        PooledBody {
+            inner,
+            lease,
+            silence: Silence::new(read_timeout),
+            cut: false,
+        }
     }
 }
 
 impl http_body::Body for PooledBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<http_body::Frame<Bytes>, hyper::Error>>> {
-        let r = Pin::new(&mut self.inner).poll_frame(cx);
-        if let Poll::Ready(None) = r {
-            if let Some(lease) = self.lease.take() {
-                lease.release();
-            }
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        if this.cut {
+            return Poll::Ready(Some(Err(ReadTimeout(this.silence.limit()).into())));
         }
-        r
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(f))) => {
+                this.silence.progress();
+                Poll::Ready(Some(Ok(f)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+            Poll::Ready(None) => {
+                if let Some(lease) = this.lease.take() {
+                    lease.release();
+                }
+                Poll::Ready(None)
+            }
+            Poll::Pending => match this.silence.poll_expired(cx) {
+                Poll::Pending => Poll::Pending,
+                Poll::Ready(()) => {
+                    // Mid-answer: the connection cannot be reused. The client's
+                    // answer ends in an error, so it is cut off, never completed.
+                    this.lease = None;
+                    this.cut = true;
+                    let e = ReadTimeout(this.silence.limit());
+                    tracing::warn!(error = %e, "upstream answer cut off");
+                    metrics::upstream_error(UpstreamError::ReadTimeout);
+                    Poll::Ready(Some(Err(e.into())))
+                }
+            },
+        }
     }
 
     fn is_end_stream(&self) -> bool {

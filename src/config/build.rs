@@ -79,6 +79,17 @@ fn upstream(c: &mut Collector, u: &RawUpstream, base: &Path) -> Upstream {
         c.at(span(&u.url), "upstream.url", m);
         UpstreamTarget::Unix(PathBuf::new())
     });
+    let timeout = duration(c, &u.timeout, "upstream.timeout", Duration::from_secs(60));
+    let wait = duration(c, &u.wait, "upstream.wait", Duration::ZERO);
+    if let Some(w) = &u.wait {
+        if !wait.is_zero() && wait >= timeout {
+            c.at(
+                span(w),
+                "upstream.wait",
+                "must be shorter than upstream.timeout: the wait counts inside it",
+            );
+        }
+    }
     Upstream {
         target,
         connect_timeout: duration(
@@ -87,7 +98,22 @@ fn upstream(c: &mut Collector, u: &RawUpstream, base: &Path) -> Upstream {
             "upstream.connect_timeout",
             Duration::from_secs(5),
         ),
-        timeout: duration(c, &u.timeout, "upstream.timeout", Duration::from_secs(60)),
+        timeout,
+        read_timeout: positive(c, &u.read_timeout, "upstream.read_timeout", Duration::from_secs(60)),
+        send_timeout: positive(c, &u.send_timeout, "upstream.send_timeout", Duration::from_secs(60)),
+        wait,
+    }
+}
+
+/// A duration that must be more than zero (a zero silence limit would cut every answer).
+fn positive(c: &mut Collector, v: &Option<S<toml::Value>>, key: &str, default: Duration) -> Duration {
+    let d = duration(c, v, key, default);
+    match v {
+        Some(s) if d.is_zero() => {
+            c.at(span(s), key, "must be more than 0s");
+            default
+        }
+        _ => d,
     }
 }
 

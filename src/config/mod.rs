@@ -133,6 +133,13 @@ pub struct Upstream {
     pub connect_timeout: Duration,
     /// Deadline for the whole response head.
     pub timeout: Duration,
+    /// Most silence between two reads of the answer's body; then it is cut off.
+    pub read_timeout: Duration,
+    /// Most time the upstream may go without taking more of the request body.
+    pub send_timeout: Duration,
+    /// How long a request is held while the upstream refuses connections
+    /// (counts inside `timeout`); zero: 502 at once.
+    pub wait: Duration,
 }
 
 #[derive(Debug, Clone)]

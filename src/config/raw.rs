@@ -99,6 +99,9 @@ pub struct RawUpstream {
     pub url: S<String>,
     pub connect_timeout: Option<S<toml::Value>>,
     pub timeout: Option<S<toml::Value>>,
+    pub read_timeout: Option<S<toml::Value>>,
+    pub send_timeout: Option<S<toml::Value>>,
+    pub wait: Option<S<toml::Value>>,
 }
 
 #[derive(Deserialize)]
