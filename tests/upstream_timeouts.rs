@@ -112,8 +112,9 @@ async fn an_upstream_silent_mid_answer_is_cut_off_after_read_timeout() {
     let mut cfg = fx.config(&format!("http://{up}"));
     cfg.set("upstream.read_timeout", &q("500ms"));
     cfg.set("upstream.timeout", &q("5s"));
-    let admin = with_admin(&mut cfg);
+    with_admin(&mut cfg);
     let gk = Gatekeeper::start(&fx, &cfg);
+    let admin = gk.admin();
 
     for (i, path) in ["/stall", "/stall-unbuffered"].into_iter().enumerate() {
         let (got, took, ended) = raw_get(gk.addr, path, Duration::from_secs(10)).await;
@@ -196,8 +197,9 @@ async fn an_upstream_that_stops_reading_the_body_meets_send_timeout() {
     cfg.set("upstream.send_timeout", &q("500ms"));
     cfg.set("upstream.timeout", &q("30s"));
     cfg.set("buffering.max_body", &q("64MiB"));
-    let admin = with_admin(&mut cfg);
+    with_admin(&mut cfg);
     let gk = Gatekeeper::start(&fx, &cfg);
+    let admin = gk.admin();
 
     // Far more than the socket buffers between gatekeeper and the upstream hold.
     let body = vec![b'p'; 32 * MIB];
@@ -254,15 +256,16 @@ async fn get_while_upstream_starts(gk: &Gatekeeper, after: Duration, start: impl
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_is_held_while_the_upstream_restarts() {
-    // TCP: nothing listens on the port for a second.
-    let port = dead_port();
+    // TCP: nothing listens on the port for a second (held, so nobody else takes it).
+    let held = std::sync::Arc::new(HeldPort::new());
     let fx = Fixture::new();
-    let mut cfg = fx.config(&format!("http://127.0.0.1:{port}"));
+    let mut cfg = fx.config(&held.url());
     cfg.set("upstream.wait", &q("3s"));
-    let admin = with_admin(&mut cfg);
+    with_admin(&mut cfg);
     let gk = Gatekeeper::start(&fx, &cfg);
+    let admin = gk.admin();
     let (status, took) = get_while_upstream_starts(&gk, Duration::from_secs(1), move || {
-        let l = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+        let l = held.listen();
         l.set_nonblocking(true).unwrap();
         let l = TcpListener::from_std(l).unwrap();
         tokio::spawn(async move {
@@ -307,7 +310,8 @@ async fn a_request_is_held_while_the_upstream_restarts() {
     drop(gk);
 
     // Without upstream.wait: 502 at once.
-    let cfg = fx.config(&format!("http://127.0.0.1:{}", dead_port()));
+    let nobody = HeldPort::new();
+    let cfg = fx.config(&nobody.url());
     let gk = Gatekeeper::start(&fx, &cfg);
     let t = Instant::now();
     let r = get(LOCALHOST, gk.addr, "/", &[]).await;
@@ -319,10 +323,12 @@ async fn a_request_is_held_while_the_upstream_restarts() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_wait_ends_in_a_502_when_the_upstream_stays_down() {
     let fx = Fixture::new();
-    let mut cfg = fx.config(&format!("http://127.0.0.1:{}", dead_port()));
+    let nobody = HeldPort::new();
+    let mut cfg = fx.config(&nobody.url());
     cfg.set("upstream.wait", &q("1s"));
-    let admin = with_admin(&mut cfg);
+    with_admin(&mut cfg);
     let gk = Gatekeeper::start(&fx, &cfg);
+    let admin = gk.admin();
     let t = Instant::now();
     let r = get(LOCALHOST, gk.addr, "/", &[]).await;
     let took = t.elapsed();
