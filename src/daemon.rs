@@ -292,7 +292,12 @@ struct Worker {
 
 impl Worker {
     fn spawn(self) -> std::io::Result<()> {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        // I/O and timers only: signals and child processes (hooks) are the main
+        // runtime's, and their driver would cost every worker park a check.
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .enable_time()
+            .build()?;
         std::thread::Builder::new()
             .name(format!("gatekeeper-worker-{}", self.id))
             .spawn(move || {

@@ -38,6 +38,8 @@ pub struct Gathered<'s> {
     pub location: Option<HeaderValue>,
     /// The request's Content-Length, when it is a plain number.
     pub declared_length: Option<u64>,
+    /// The request's Origin, for CORS on the maintenance answer.
+    pub origin: Option<HeaderValue>,
     /// The named bypass token the request carries, for the cookie and the access log.
     pub named: Option<Presented<'s>>,
 }
@@ -123,6 +125,7 @@ pub fn gather<'s, B>(req: &Request<B>, conn: &Conn, snap: &'s Snapshot, now: jif
         asset,
         location,
         declared_length,
+        origin: head.origin.cloned(),
         named,
     }
 }

@@ -14,7 +14,7 @@
 //! codings other than `chunked`, and an HTTP/1.1 Host missing, repeated or
 //! invalid.
 
-use http::header::{HeaderValue, CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
+use http::header::{HeaderValue, CONTENT_LENGTH, HOST, ORIGIN, TRANSFER_ENCODING};
 use http::{HeaderMap, StatusCode, Version};
 
 /// Why a request's framing or Host is refused.
@@ -78,6 +78,8 @@ pub struct Head<'a> {
     pub transfer_encoding: bool,
     /// The first Content-Length line (hyper refuses differing ones).
     pub content_length: Option<&'a HeaderValue>,
+    /// The Origin line, for CORS on the maintenance answer.
+    pub origin: Option<&'a HeaderValue>,
 }
 
 impl<'a> Head<'a> {
@@ -91,6 +93,8 @@ impl<'a> Head<'a> {
                 h.content_length.get_or_insert(value);
             } else if name == TRANSFER_ENCODING {
                 h.transfer_encoding = true;
+            } else if name == ORIGIN {
+                h.origin.get_or_insert(value);
             }
         }
         h
@@ -174,9 +178,28 @@ fn valid_host(v: &[u8]) -> bool {
         },
         None => v.split_at(v.iter().position(|&b| b == b':').unwrap_or(v.len())),
     };
-    let reg_name = |b: &u8| b.is_ascii_alphanumeric() || b"-._~%!$&'()*+;=".contains(b);
-    name.iter().all(reg_name) && (port.is_empty() || port[0] == b':' && port[1..].iter().all(u8::is_ascii_digit))
+    name.iter().all(|&b| REG_NAME[usize::from(b)])
+        && (port.is_empty() || port[0] == b':' && port[1..].iter().all(u8::is_ascii_digit))
 }
+
+/// RFC 3986 `reg-name` bytes (unreserved, pct-encoded's `%`, sub-delims), as a table:
+/// every request's Host goes through it.
+static REG_NAME: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        t[b] = c.is_ascii_alphanumeric();
+        b += 1;
+    }
+    let extra = b"-._~%!$&'()*+;=";
+    let mut i = 0;
+    while i < extra.len() {
+        t[extra[i] as usize] = true;
+        i += 1;
+    }
+    t
+};
 
 #[cfg(test)]
 mod tests {

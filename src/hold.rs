@@ -1,14 +1,17 @@
 //! Holding requests during a pause: each waits in a first-in first-out queue
 //! until the pause ends (released in arrival order), its `max` passes, or its
 //! client gives up — then it is simply dropped, and the app never sees it.
+//! Released requests go on to the app at most [`RELEASE_CONCURRENCY`] at a
+//! time, first come first served, so that the app just restarted does not
+//! meet its whole backlog of visitors at once (the resume stampede).
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use prometheus_client::metrics::gauge::Gauge;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 
 /// How a hold ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,20 +24,38 @@ pub enum Held {
     Full,
 }
 
+/// Released requests in their exchange with the app at once, at most.
+pub const RELEASE_CONCURRENCY: usize = 64;
+
 /// The queue of held requests.
-#[derive(Default)]
 pub struct Holds {
     waiters: Mutex<VecDeque<oneshot::Sender<()>>>,
     count: AtomicUsize,
     gauge: Gauge,
+    /// Admission of released requests to the app; fair (first come first served).
+    released: Arc<Semaphore>,
+}
+
+impl Default for Holds {
+    fn default() -> Self {
+        Holds::new(Gauge::default())
+    }
 }
 
 impl Holds {
     pub fn new(gauge: Gauge) -> Holds {
         Holds {
+            waiters: Mutex::default(),
+            count: AtomicUsize::new(0),
             gauge,
-            ..Holds::default()
+            released: Arc::new(Semaphore::new(RELEASE_CONCURRENCY)),
         }
+    }
+
+    /// A released request's turn to go to the app: held until its answer's
+    /// head is in. None only if the gate is closed (never, in practice).
+    pub async fn admit(&self) -> Option<OwnedSemaphorePermit> {
+        self.released.clone().acquire_owned().await.ok()
     }
 
     /// Requests held now.
@@ -107,7 +128,6 @@ impl Drop for Counted<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
 
     #[tokio::test]
     async fn released_in_arrival_order() {
@@ -164,5 +184,18 @@ mod tests {
         // Its place is cleared when the next one queues.
         assert_eq!(h.wait(10, Duration::from_millis(10), || true).await, Held::TimedOut);
         assert!(h.waiters.lock().unwrap().len() <= 1);
+    }
+
+    #[tokio::test]
+    async fn released_requests_are_admitted_a_few_at_a_time() {
+        let h = Holds::default();
+        let mut permits = Vec::new();
+        for _ in 0..RELEASE_CONCURRENCY {
+            permits.push(h.admit().await);
+        }
+        let next = tokio::time::timeout(Duration::from_millis(50), h.admit()).await;
+        assert!(next.is_err(), "one more than RELEASE_CONCURRENCY must wait");
+        permits.pop();
+        assert!(tokio::time::timeout(Duration::from_secs(1), h.admit()).await.is_ok());
     }
 }

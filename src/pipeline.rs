@@ -7,7 +7,7 @@
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::header::{HeaderName, HeaderValue, ACCEPT, CONNECTION, LOCATION, ORIGIN, SET_COOKIE};
+use http::header::{HeaderName, HeaderValue, ACCEPT, CONNECTION, LOCATION, SET_COOKIE};
 use http::{Request, Response, StatusCode};
 use http_body::Body as HttpBody;
 use http_body_util::Full;
@@ -37,6 +37,8 @@ where
 {
     let start = Instant::now();
     let mut held: Option<Duration> = None;
+    // A released request's turn at the app, kept until its answer's head is in.
+    let mut _admitted = None;
     loop {
         let snap = state.snapshot();
         // The clock matters only for cookies and windows: read it only then.
@@ -49,6 +51,7 @@ where
         let g = gather(&req, conn, &snap, now);
         let mut decision = decide(&g.facts);
         if decision == Decision::Hold {
+            _admitted = None;
             let since = Instant::now();
             let cfg = &snap.rt.config.maintenance;
             // Boxed: rare, and the handler's future stays small.
@@ -60,7 +63,10 @@ where
             *held.get_or_insert(Duration::ZERO) += since.elapsed();
             match waited {
                 // Decided again on what is true now: the pause may have become anything.
-                Held::Released => continue,
+                Held::Released => {
+                    _admitted = Box::pin(state.holds.admit()).await;
+                    continue;
+                }
                 Held::TimedOut | Held::Full => decision = Decision::Page,
             }
         }
@@ -177,7 +183,7 @@ where
                 } else {
                     page::maintenance_response(&snap.rendered, method, accept, retry)
                 };
-                page::allow_origin(resp.headers_mut(), req.headers().get(ORIGIN));
+                page::allow_origin(resp.headers_mut(), g.origin.as_ref());
                 if m.read_only {
                     resp.headers_mut()
                         .insert(X_MAINTENANCE_MODE.clone(), HeaderValue::from_static("read-only"));
