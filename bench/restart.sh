@@ -28,12 +28,14 @@ toggle = "$W/toggle/maintenance-mode-on"
 [admin]
 listen = "127.0.0.1:$ADM"
 [log]
-access = false
+access = ${ACCESS:-false}
 level = "warn"
 EOT
 python3 bench/syncapp.py serve --port "$UP" --workers 16 > "$W/app1.log" 2>&1 & APP=$!
 "$BIN" run -c "$W/gk.toml" 2> "$W/gk.log" & GKP=$!
 trap 'kill $APP $GKP 2>/dev/null || true' EXIT
+# Both up before the load starts: gatekeeper answers 502 while the app is still starting.
+for _ in $(seq 1 100); do curl -s -o /dev/null "http://127.0.0.1:$UP/" && break; sleep 0.1; done
 for _ in $(seq 1 100); do curl -s -o /dev/null "http://127.0.0.1:$GK/" && break; sleep 0.1; done
 wrk -t 2 -c 64 -d 15s --timeout 20s "http://127.0.0.1:$GK/" > "$W/wrk.txt" & WRK=$!
 sleep 5
@@ -52,4 +54,4 @@ echo "app down for $(python3 -c "print(round($T1-$T0,2))") s (upstream.wait = $W
 cat "$W/wrk.txt"
 curl -s "http://127.0.0.1:$ADM/metrics" | grep -E '^gatekeeper_(upstream_errors|upstream_waits|requests_total\{decision="proxy")' | grep -v ' 0$' || true
 kill -TERM $APP $GKP; wait $APP $GKP 2>/dev/null || true
-rm -rf "$W"
+[ -n "${KEEP:-}" ] && echo "kept $W" || rm -rf "$W"

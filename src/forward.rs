@@ -20,6 +20,7 @@ use crate::page;
 use crate::rewrite::{rewrite_request_headers, Origin};
 use crate::stall::{self, Expired, SendWatch};
 use crate::upstream::{error_chain, Hold, PooledBody, UpstreamClient};
+use std::sync::atomic::AtomicBool;
 
 static X_MAINTENANCE_MODE: HeaderName = HeaderName::from_static("x-maintenance-mode");
 static X_ACCEL_BUFFERING: HeaderName = HeaderName::from_static("x-accel-buffering");
@@ -97,6 +98,7 @@ pub async fn forward<B>(
     mut req: Request<B>,
     origin: &Origin<'_>,
     mark: Mark,
+    paused: Option<&AtomicBool>,
 ) -> Result<Response<Body>, ForwardError>
 where
     B: HttpBody<Data = Bytes> + Send + Sync + Unpin + 'static,
@@ -163,7 +165,10 @@ where
     let out = Request::from_parts(parts, body);
     let u = &cfg.upstream;
     // Counts inside the head deadline (the config keeps it shorter).
-    let hold = Hold((!u.wait.is_zero()).then(|| tokio::time::Instant::now() + u.wait));
+    let hold = Hold {
+        until: (!u.wait.is_zero()).then(|| tokio::time::Instant::now() + u.wait),
+        paused,
+    };
     // Pinned where it is: handing the future itself to `bounded` would copy it twice.
     let exchange = std::pin::pin!(async {
         match upstream.send(out, hold).await {
@@ -172,7 +177,11 @@ where
             // With `upstream.wait`, a fresh connection closed unanswered too: an
             // app going away (a restart) drops what it accepted but never
             // answered, and the resend is held until it is back.
-            (Err(e), reused) if retry.is_some() && (reused || hold.0.is_some()) && stale_connection(&*e) => {
+            (Err(e), reused)
+                if retry.is_some()
+                    && (reused || hold.holds(tokio::time::Instant::now()))
+                    && stale_connection(&*e) =>
+            {
                 tracing::debug!(error = %error_chain(&*e), "upstream connection closed before any answer; resending on a new one");
                 let Some((method, uri, mut headers, host)) = retry else {
                     return Err(e);

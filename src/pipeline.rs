@@ -87,7 +87,7 @@ where
             || req.body().is_end_stream()
             || Box::pin(early_body_read(&mut req, &g)).await;
         let http1 = req.version() < http::Version::HTTP_2;
-        let (mut resp, outcome) = respond(decision, req, &g, &snap, conn, now).await;
+        let (mut resp, outcome) = respond(decision, req, &g, &snap, state, conn, now).await;
         if !keep_alive && http1 {
             // Where the unread rest goes: hyper closes after this answer, and the
             // lingering close (see `linger`) lets the client read it first.
@@ -120,6 +120,7 @@ async fn respond<B>(
     req: Request<B>,
     g: &Gathered<'_>,
     snap: &Snapshot,
+    state: &State,
     conn: &Conn,
     now: jiff::Timestamp,
 ) -> (Response<Body>, Option<Outcome>)
@@ -205,7 +206,7 @@ where
             // connection; the forwarding state is large. Boxed in a statement of
             // its own: a temporary in the awaiting statement would keep its
             // space in this future's state even after it is moved into the box.
-            let exchange = Box::pin(forward(&rt.upstream, cfg, req, &origin, mark));
+            let exchange = Box::pin(forward(&rt.upstream, cfg, req, &origin, mark, Some(&state.paused)));
             return match exchange.await {
                 Ok(r) => (r, Some(Outcome::Ok)),
                 Err(e) => (e.response(), Some(e.outcome())),

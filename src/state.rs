@@ -3,7 +3,7 @@
 //! rendered page), swapped atomically. A request loads it once, so a reload or
 //! a flip never mixes two states, and the request path never touches the disk.
 
-use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Instant, SystemTime};
 
@@ -64,6 +64,8 @@ pub struct State {
     https_port: AtomicU16,
     /// Requests held by a pause.
     pub holds: Holds,
+    /// A pause is in force: exchanges the app dropped while stopping wait for it too.
+    pub paused: AtomicBool,
     /// Where applied changes go besides the log (history, hooks): see the `audit` module.
     audit: OnceLock<tokio::sync::mpsc::Sender<Applied>>,
 }
@@ -93,6 +95,7 @@ impl State {
             started_at: SystemTime::now(),
             https_port: AtomicU16::new(0),
             holds,
+            paused: AtomicBool::new(false),
             audit: OnceLock::new(),
         }
     }
@@ -191,6 +194,7 @@ impl State {
         }
         let holding = snap.maint.active && snap.maint.paused;
         self.current.store(Arc::new(snap));
+        self.paused.store(holding, Ordering::Relaxed);
         // After the store: a request that queues from now on sees the new snapshot.
         if !holding {
             self.holds.release_all();

@@ -5,6 +5,7 @@
 use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -155,7 +156,7 @@ impl UpstreamClient {
     pub async fn send(
         &self,
         req: Request<Body>,
-        hold: Hold,
+        hold: Hold<'_>,
     ) -> (Result<(Response<Incoming>, Option<Lease>), BoxError>, bool) {
         if let Kind::H2c { client, .. } = &self.kind {
             return (
@@ -179,7 +180,7 @@ impl UpstreamClient {
     pub async fn send_fresh(
         &self,
         req: Request<Body>,
-        hold: Hold,
+        hold: Hold<'_>,
     ) -> Result<(Response<Incoming>, Option<Lease>), BoxError> {
         let mut sender = self.connect(hold).await?;
         let resp = sender.send_request(req).await?;
@@ -188,19 +189,21 @@ impl UpstreamClient {
 
     /// A new HTTP/1.1 connection; while the upstream refuses it (an app
     /// restarting), tried again with a growing pause until `hold` ends.
-    async fn connect(&self, hold: Hold) -> Result<hyper::client::conn::http1::SendRequest<Body>, BoxError> {
+    async fn connect(&self, hold: Hold<'_>) -> Result<hyper::client::conn::http1::SendRequest<Body>, BoxError> {
         let mut pause = HOLD_FIRST_PAUSE;
         let mut held = false;
         loop {
             match self.connect_once().await {
                 Err(e) if refused(&*e) => {
                     let now = tokio::time::Instant::now();
-                    let Some(until) = hold.0.filter(|&u| u > now) else {
+                    if !hold.holds(now) {
                         if held {
                             metrics::upstream_wait(false);
                         }
                         return Err(e);
-                    };
+                    }
+                    // A pause holds for as long as it lasts; `upstream.wait` until its end.
+                    let until = hold.until.filter(|&u| u > now).unwrap_or(now + HOLD_MAX_PAUSE);
                     if !held {
                         // Per request, so not above debug: a restart holds many (they are counted).
                         tracing::debug!(error = %error_chain(&*e), "upstream refuses connections; holding the request");
@@ -246,9 +249,21 @@ impl UpstreamClient {
 }
 
 /// Until when a request may be held while the upstream refuses connections
-/// (`upstream.wait`; `None`: not at all).
+/// (`upstream.wait`; `None`: not at all), and — during a pause — for as long
+/// as the pause lasts: a request already on its way when the app stopped is
+/// held like those the pause queued (within `upstream.timeout`, as ever).
 #[derive(Clone, Copy, Default)]
-pub struct Hold(pub Option<tokio::time::Instant>);
+pub struct Hold<'a> {
+    pub until: Option<tokio::time::Instant>,
+    pub paused: Option<&'a AtomicBool>,
+}
+
+impl Hold<'_> {
+    /// Whether a refused or lost exchange may wait for the app now.
+    pub fn holds(&self, now: tokio::time::Instant) -> bool {
+        self.until.is_some_and(|u| u > now) || self.paused.is_some_and(|p| p.load(Ordering::Relaxed))
+    }
+}
 
 /// The first pause before trying a refusing upstream again; it doubles up to [`HOLD_MAX_PAUSE`].
 const HOLD_FIRST_PAUSE: Duration = Duration::from_millis(50);
