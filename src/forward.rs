@@ -178,9 +178,7 @@ where
             // app going away (a restart) drops what it accepted but never
             // answered, and the resend is held until it is back.
             (Err(e), reused)
-                if retry.is_some()
-                    && (reused || hold.holds(tokio::time::Instant::now()))
-                    && stale_connection(&*e) =>
+                if retry.is_some() && (reused || hold.holds(tokio::time::Instant::now())) && stale_connection(&*e) =>
             {
                 tracing::debug!(error = %error_chain(&*e), "upstream connection closed before any answer; resending on a new one");
                 let Some((method, uri, mut headers, host)) = retry else {
