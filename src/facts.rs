@@ -11,6 +11,7 @@ use crate::bypass;
 use crate::client_ip::{self, Resolved};
 use crate::decision::{Endpoint, Facts, Script};
 use crate::framing::{self, FramingError};
+use crate::misconfig;
 use crate::page::Asset;
 use crate::paths::{host_in_scope, in_scope, under_bypass_path, under_prefix};
 use crate::state::Snapshot;
@@ -37,6 +38,8 @@ pub struct Gathered<'s> {
     pub location: Option<HeaderValue>,
     /// The request's Content-Length, when it is a plain number.
     pub declared_length: Option<u64>,
+    /// The forwarding header an untrusted loopback or private peer sent (see `misconfig`).
+    pub untrusted_forwarding: Option<&'s http::HeaderName>,
 }
 
 /// The facts of `req` against `snap`. `now` matters only while a toggle is
@@ -48,6 +51,8 @@ pub fn gather<'s, B>(req: &Request<B>, conn: &Conn, snap: &'s Snapshot, now: jif
     let path = req.uri().path();
 
     let resolved = client_ip::resolve(conn.peer.ip(), headers, &rt.trusted, &cfg.clients.header);
+    let untrusted_forwarding =
+        misconfig::untrusted_forwarding(conn.peer.ip(), resolved.peer_trusted, headers, &cfg.clients.header);
     let client_allowed = resolved.client.is_some_and(|ip| rt.allow.contains(ip));
     let bypass_path =
         under_bypass_path(path, &cfg.maintenance.bypass_paths) || (cfg.maintenance.acme && under_prefix(path, ACME));
@@ -112,6 +117,7 @@ pub fn gather<'s, B>(req: &Request<B>, conn: &Conn, snap: &'s Snapshot, now: jif
         asset,
         location,
         declared_length,
+        untrusted_forwarding,
     }
 }
 

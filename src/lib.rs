@@ -51,6 +51,8 @@ pub mod logging;
 pub mod maint;
 /// Prometheus metrics.
 pub mod metrics;
+/// Misconfiguration said out loud: untrusted forwarding peers, risky allowlists.
+pub mod misconfig;
 /// Maintenance page, assets, error pages.
 pub mod page;
 /// Idle keep-alive connections without hyper's buffers.

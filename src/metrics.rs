@@ -58,6 +58,8 @@ pub struct Metrics {
     pub fleet_revision: Gauge,
     pub fleet_last_change: Gauge<f64, AtomicU64>,
     pub fleet_reconnects: Gauge,
+    /// Requests from an untrusted loopback or private peer carrying a forwarding header.
+    pub untrusted_forwarding: Counter,
 }
 
 impl Default for Metrics {
@@ -133,6 +135,7 @@ impl Metrics {
             fleet_revision: Gauge::default(),
             fleet_last_change: Gauge::default(),
             fleet_reconnects: Gauge::default(),
+            untrusted_forwarding: Counter::default(),
             registry: Registry::default(),
         };
         registry.register("maintenance", "1 while maintenance is on", m.maintenance.clone());
@@ -195,6 +198,11 @@ impl Metrics {
             "fleet_reconnects",
             "Reconnections to etcd since start",
             m.fleet_reconnects.clone(),
+        );
+        registry.register(
+            "untrusted_forwarding",
+            "Requests from a loopback or private peer that is not a trusted proxy but sends a forwarding header",
+            m.untrusted_forwarding.clone(),
         );
         Metrics { registry, ..m }
     }

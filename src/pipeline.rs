@@ -249,6 +249,9 @@ fn record(
     start: Instant,
 ) {
     let elapsed = start.elapsed();
+    if let Some(header) = g.untrusted_forwarding {
+        state.untrusted.saw(conn.peer.ip(), header, Instant::now());
+    }
     let status = resp.status().as_u16();
     state.metrics.request(decision, status, outcome, elapsed.as_secs_f64());
     if let Some(line) = line {

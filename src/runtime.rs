@@ -18,12 +18,16 @@ pub struct Runtime {
     /// The upstream client; kept across reloads that leave the upstream alone
     /// (see [`Runtime::keep_upstream_of`]), so its pooled connections stay in use.
     pub upstream: UpstreamClient,
+    /// What the config lets through that it likely did not mean to (see `misconfig`).
+    pub warnings: Vec<String>,
 }
 
 /// The files a config points to, loaded and checked (used by `check` too).
 pub struct Loaded {
     pub allow: IpSet,
     pub pages: PageSet,
+    /// Misconfigurations worth a warning (`check` prints them, the daemon logs them).
+    pub warnings: Vec<String>,
 }
 
 impl Loaded {
@@ -91,10 +95,14 @@ impl Loaded {
             },
         };
         match pages {
-            Some(pages) if errors.is_empty() => Ok(Loaded {
-                allow: IpSet::new(nets),
-                pages,
-            }),
+            Some(pages) if errors.is_empty() => {
+                let allow = IpSet::new(nets.iter().copied());
+                Ok(Loaded {
+                    warnings: crate::misconfig::config_warnings(&config.clients, &nets, &allow),
+                    allow,
+                    pages,
+                })
+            }
             _ => Err(ConfigErrors(errors)),
         }
     }
@@ -108,6 +116,7 @@ impl Runtime {
             upstream: UpstreamClient::new(&config.upstream),
             trusted: IpSet::new(config.clients.trusted_proxies.iter().copied()),
             allow: loaded.allow,
+            warnings: loaded.warnings,
             pages: Arc::new(loaded.pages),
             config: Arc::new(config),
         })

@@ -12,6 +12,7 @@ use arc_swap::ArcSwap;
 use crate::hold::Holds;
 use crate::maint::{onoff, FleetView, Maint, Source};
 use crate::metrics::Metrics;
+use crate::misconfig::UntrustedForwarding;
 use crate::page::{self, Rendered};
 use crate::runtime::Runtime;
 use crate::toggle::Observed;
@@ -64,6 +65,8 @@ pub struct State {
     https_port: AtomicU16,
     /// Requests held by a pause.
     pub holds: Holds,
+    /// Peers that forward without being trusted, said out loud.
+    pub untrusted: UntrustedForwarding,
 }
 
 impl State {
@@ -71,6 +74,7 @@ impl State {
         let snap = Snapshot::derive(Arc::new(rt), observed, None, false);
         let metrics = Metrics::new();
         let holds = Holds::new(metrics.held.clone());
+        let untrusted = UntrustedForwarding::new(metrics.untrusted_forwarding.clone());
         metrics.set_maintenance(snap.maint.active);
         metrics.allowlist_entries.set(snap.rt.allow.len() as i64);
         State {
@@ -81,6 +85,7 @@ impl State {
             started_at: SystemTime::now(),
             https_port: AtomicU16::new(0),
             holds,
+            untrusted,
         }
     }
 
