@@ -86,6 +86,12 @@ pub enum Command {
         #[arg(long)]
         show_secret: bool,
     },
+    /// Print, step by step, how the daemon would decide a request: peer, forwarding header, client, allowlist, maintenance, credential
+    #[command(after_help = "Examples:\n  \
+        gatekeeper explain --peer 10.0.0.5 --header 'X-Forwarded-For: 1.2.3.4, 10.0.0.9' --method POST --host shop.example.com /checkout\n  \
+        gatekeeper explain --peer 127.0.0.1 --json /\n\n\
+        Decided by the daemon's own code against the config, its files, the toggle and the fleet's last known state.")]
+    Explain(ExplainArgs),
     /// Exit 0 when the running daemon's admin endpoint answers /healthz (for container health checks)
     #[command(hide = true)]
     Health,
@@ -123,6 +129,31 @@ pub struct OnArgs {
     /// Only this host is in maintenance (`*.example.org` for its subdomains; repeatable)
     #[arg(long = "host", value_name = "NAME")]
     pub hosts: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct ExplainArgs {
+    /// The address the request comes from, as gatekeeper sees the connection (the TCP peer)
+    #[arg(long, value_name = "IP")]
+    pub peer: std::net::IpAddr,
+    /// A request header, e.g. 'X-Forwarded-For: 1.2.3.4' (repeatable)
+    #[arg(long = "header", short = 'H', value_name = "NAME: VALUE")]
+    pub headers: Vec<String>,
+    /// The request method
+    #[arg(long, default_value = "GET")]
+    pub method: String,
+    /// The Host header (default: the first listen address)
+    #[arg(long)]
+    pub host: Option<String>,
+    /// The request arrived on a TLS listener
+    #[arg(long)]
+    pub https: bool,
+    /// Print JSON (the same as /.gatekeeper/whoami)
+    #[arg(long)]
+    pub json: bool,
+    /// The request's path (and query)
+    #[arg(default_value = "/")]
+    pub path: String,
 }
 
 #[derive(Args, Debug, Default)]

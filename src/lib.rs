@@ -29,6 +29,8 @@ pub mod daemon;
 pub mod decision;
 /// gatekeeper's own endpoints: health, public status, scripts.
 pub mod endpoints;
+/// `gatekeeper explain` and `/.gatekeeper/whoami`: how a request is decided, step by step.
+pub mod explain;
 /// The facts of one request, gathered once from its head and the snapshot.
 pub mod facts;
 /// The fleet switch: one etcd key for many instances.

@@ -48,6 +48,7 @@ fn main() -> ExitCode {
         Command::Undrain => commands::drain(path, false),
         Command::Status { show_secret } => commands::status(path, show_secret),
         Command::Health => commands::health(path),
+        Command::Explain(args) => gatekeeper::explain::command::run(path, args),
     };
     match result {
         Ok(out) => {

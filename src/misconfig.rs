@@ -237,6 +237,7 @@ mod tests {
             allow_file: None,
             trusted_proxies: trusted.iter().map(|e| parse_entry(e).unwrap()).collect(),
             header: ForwardHeader::default(),
+            whoami: false,
         };
         let set = IpSet::new(nets.iter().copied());
         (c, nets, set)

@@ -130,6 +130,7 @@ where
             endpoints::status(m, request_host(&req), announce, jiff::Timestamp::now(), method)
         }
         Decision::Endpoint(Endpoint::Script(s)) => endpoints::script(s, method),
+        Decision::Endpoint(Endpoint::Whoami) => crate::explain::whoami(&req, conn, snap, now),
         Decision::Endpoint(Endpoint::PageAsset) => {
             let asset = req
                 .uri()

@@ -31,6 +31,11 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
+    /// A snapshot as the daemon would derive it now (for `gatekeeper explain`).
+    pub fn new(rt: Arc<Runtime>, observed: Observed, fleet: Option<FleetView>, drained: bool) -> Snapshot {
+        Snapshot::derive(rt, observed, fleet, drained)
+    }
+
     fn derive(rt: Arc<Runtime>, observed: Observed, fleet: Option<FleetView>, drained: bool) -> Snapshot {
         let maint = Maint::derive(
             &observed,
