@@ -59,6 +59,12 @@ impl IpSet {
     pub fn len(&self) -> usize {
         self.entries
     }
+
+    /// Whether the set holds every IPv4 address, and every IPv6 address
+    /// (whatever entries it was built from: `0.0.0.0/1` and `128.0.0.0/1` too).
+    pub fn covers_everything(&self) -> (bool, bool) {
+        (self.v4 == [(0, u32::MAX)], self.v6 == [(0, u128::MAX)])
+    }
 }
 
 /// Sorts inclusive ranges and merges those that overlap or touch.

@@ -89,6 +89,12 @@ pub enum Command {
         #[arg(long)]
         show_secret: bool,
     },
+    /// Print, step by step, how the daemon would decide a request: peer, forwarding header, client, allowlist, maintenance, credential
+    #[command(after_help = "Examples:\n  \
+        gatekeeper explain --peer 10.0.0.5 --header 'X-Forwarded-For: 1.2.3.4, 10.0.0.9' --method POST --host shop.example.com /checkout\n  \
+        gatekeeper explain --peer 127.0.0.1 --json /\n\n\
+        Decided by the daemon's own code against the config, its files, the toggle and the fleet's last known state.")]
+    Explain(ExplainArgs),
     /// Exit 0 when the running daemon's admin endpoint answers /healthz (for container health checks)
     #[command(hide = true)]
     Health,
@@ -185,6 +191,31 @@ pub struct OnArgs {
     /// Why: kept in the toggle with who and when, shown by `status` and `history`
     #[arg(long, value_name = "TEXT")]
     pub reason: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct ExplainArgs {
+    /// The address the request comes from, as gatekeeper sees the connection (the TCP peer)
+    #[arg(long, value_name = "IP")]
+    pub peer: std::net::IpAddr,
+    /// A request header, e.g. 'X-Forwarded-For: 1.2.3.4' (repeatable)
+    #[arg(long = "header", short = 'H', value_name = "NAME: VALUE")]
+    pub headers: Vec<String>,
+    /// The request method
+    #[arg(long, default_value = "GET")]
+    pub method: String,
+    /// The Host header (default: the first listen address)
+    #[arg(long)]
+    pub host: Option<String>,
+    /// The request arrived on a TLS listener
+    #[arg(long)]
+    pub https: bool,
+    /// Print JSON (the same as /.gatekeeper/whoami)
+    #[arg(long)]
+    pub json: bool,
+    /// The request's path (and query)
+    #[arg(default_value = "/")]
+    pub path: String,
 }
 
 #[derive(Args, Debug, Default)]

@@ -21,6 +21,7 @@
 //    never let through maintenance. Entries left of the client are never
 //    looked at, so a client cannot change the outcome by prepending junk.
 
+use std::borrow::Cow;
 use std::net::{IpAddr, Ipv6Addr};
 
 use http::header::{HeaderMap, HeaderName, FORWARDED};
@@ -29,6 +30,9 @@ use crate::allowlist::IpSet;
 
 /// `X-Forwarded-For` (not among the `http` crate's standard names).
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+// Statics, so that [`header_name`] can lend them out.
+static XFF_NAME: HeaderName = X_FORWARDED_FOR;
+static FORWARDED_NAME: HeaderName = FORWARDED;
 
 /// Most header entries walked before giving up. A chain of more trusted hops
 /// than this is not a real deployment; the cap bounds work on huge headers.
@@ -78,38 +82,119 @@ pub struct Resolved {
     /// The real client, or None when the forwarding header was malformed (never allowed through maintenance).
     pub client: Option<IpAddr>,
     /// What gatekeeper sends upstream as X-Forwarded-For: the verified part of the chain — the resolved client (if any) and the trusted proxies right of it, in order — followed by the peer. A list from an untrusted peer is replaced by the peer alone, never extended.
-    pub chain: Vec<IpAddr>,
+    pub chain: Chain,
     /// The TCP peer is a trusted proxy (its forwarding header was read).
     pub peer_trusted: bool,
+}
+
+/// [`Resolved::chain`], read as a slice. The peer alone — every request from
+/// an untrusted peer — is kept without an allocation: that saving pays for
+/// the `misconfig` check those requests make.
+#[derive(Clone, Debug, Eq)]
+pub enum Chain {
+    Peer(IpAddr),
+    Hops(Vec<IpAddr>),
+}
+
+impl std::ops::Deref for Chain {
+    type Target = [IpAddr];
+    fn deref(&self) -> &[IpAddr] {
+        match self {
+            Chain::Peer(peer) => std::slice::from_ref(peer),
+            Chain::Hops(hops) => hops,
+        }
+    }
+}
+
+/// Chains are equal when their addresses are, however they are kept.
+impl PartialEq for Chain {
+    fn eq(&self, other: &Chain) -> bool {
+        **self == **other
+    }
+}
+
+impl FromIterator<IpAddr> for Chain {
+    fn from_iter<I: IntoIterator<Item = IpAddr>>(iter: I) -> Chain {
+        Chain::Hops(iter.into_iter().collect())
+    }
 }
 
 /// Finds the real client of a request that arrived from `peer`, trusting
 /// forwarding information only from proxies in `trusted` (see the model at
 /// the top of this file). IPv4-mapped IPv6 addresses are reported as IPv4.
 pub fn resolve(peer: IpAddr, headers: &HeaderMap, trusted: &IpSet, header: &ForwardHeader) -> Resolved {
+    resolve_traced(peer, headers, trusted, header, &mut NoTrace)
+}
+
+/// What the walk meets, told as it goes: each header entry it reaches (right
+/// to left) and how it takes it. `gatekeeper explain` records them.
+pub trait Trace {
+    /// Whether the entries left of the client, never looked at, are told too.
+    const REST: bool;
+    /// One entry: its text as written and what the walk made of it.
+    fn entry(&mut self, text: &str, step: Step);
+}
+
+/// How the walk took one header entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// A trusted proxy's address: skipped, the walk goes on to its left
+    /// (the leftmost of an all-trusted list is the client).
+    Trusted(IpAddr),
+    /// The first untrusted entry: the client.
+    Client(IpAddr),
+    /// Not an address (or `unknown`, obfuscated, unparsable): the client is unknown.
+    Malformed,
+    /// Beyond [`MAX_HOPS`] entries: the client is unknown.
+    TooMany,
+    /// Left of the client: never looked at.
+    NotReached,
+}
+
+/// The daemon's trace: tells nothing, costs nothing.
+pub struct NoTrace;
+
+impl Trace for NoTrace {
+    const REST: bool = false;
+    #[inline(always)]
+    fn entry(&mut self, _: &str, _: Step) {}
+}
+
+/// The text a trace is told for a header with bytes outside visible ASCII.
+pub const NOT_ASCII: &str = "(not visible ASCII)";
+/// The text a trace is told for a `Forwarded` element without `for=`.
+pub const NO_FOR: &str = "(no for=)";
+
+/// [`resolve`], telling `trace` each step of the walk. [`resolve`] is this
+/// with [`NoTrace`]: what `explain` shows is the walk the daemon does.
+/// Always inlined: a call of its own costs the daemon's hot path more than
+/// the untrusted peer's whole early return.
+#[inline(always)]
+pub fn resolve_traced<T: Trace>(
+    peer: IpAddr,
+    headers: &HeaderMap,
+    trusted: &IpSet,
+    header: &ForwardHeader,
+    trace: &mut T,
+) -> Resolved {
     let peer = peer.to_canonical();
     // SECURITY: headers from an untrusted peer are never read.
     if !trusted.contains(peer) {
         return Resolved {
             client: Some(peer),
-            chain: vec![peer],
+            chain: Chain::Peer(peer),
             peer_trusted: false,
         };
     }
-    let name = match header {
-        ForwardHeader::XForwardedFor => &X_FORWARDED_FOR,
-        ForwardHeader::Forwarded => &FORWARDED,
-        ForwardHeader::Single(name) => name,
-    };
     // SECURITY: a line with bytes outside visible ASCII is corrupt, and so is
     // the whole header: no entry of it is believed.
     let Some(lines) = headers
-        .get_all(name)
+        .get_all(header_name(header))
         .iter()
         .map(|v| v.to_str().ok())
         .collect::<Option<Vec<&str>>>()
     else {
-        return walk(peer, trusted, [None]);
+        return walk(peer, trusted, [(NOT_ASCII, None)], trace);
     };
     match header {
         ForwardHeader::XForwardedFor => walk(
@@ -121,7 +206,8 @@ pub fn resolve(peer: IpAddr, headers: &HeaderMap, trusted: &IpSet, header: &Forw
                 .flat_map(|line| line.rsplit(','))
                 .map(str::trim)
                 .filter(|e| !e.is_empty())
-                .map(parse_node),
+                .map(|e| (e, parse_node(e))),
+            trace,
         ),
         ForwardHeader::Forwarded => walk(
             peer,
@@ -129,31 +215,61 @@ pub fn resolve(peer: IpAddr, headers: &HeaderMap, trusted: &IpSet, header: &Forw
             lines.into_iter().rev().flat_map(|line| {
                 // A line that does not parse is one malformed entry, met as
                 // soon as the walk reaches that line.
-                let nodes = forwarded_fors(line).map_or(vec![None], |fors| {
-                    fors.iter().map(|f| f.as_deref().and_then(forwarded_node)).collect()
-                });
+                let nodes: Vec<(Cow<'_, str>, Option<IpAddr>)> = match forwarded_fors(line) {
+                    Err(()) => vec![(Cow::Borrowed(line), None)],
+                    Ok(fors) => fors
+                        .into_iter()
+                        .map(|f| {
+                            let ip = f.as_deref().and_then(forwarded_node);
+                            (f.map_or(Cow::Borrowed(NO_FOR), Cow::Owned), ip)
+                        })
+                        .collect(),
+                };
                 nodes.into_iter().rev()
             }),
+            trace,
         ),
         ForwardHeader::Single(_) => match lines.as_slice() {
-            [] => walk(peer, trusted, []),
+            [] => walk(peer, trusted, [] as [(&str, Option<IpAddr>); 0], trace),
             // SECURITY: several lines mean someone else added one: ambiguous.
-            [line] => walk(peer, trusted, [parse_node(line.trim())]),
-            _ => walk(peer, trusted, [None]),
+            [line] => walk(peer, trusted, [(line.trim(), parse_node(line.trim()))], trace),
+            _ => walk(peer, trusted, [(lines.join(", "), None)], trace),
         },
     }
 }
 
-/// Walks header entries from the right (`None` = malformed) and builds the
-/// result; with no entries at all, the peer is the client.
-fn walk(peer: IpAddr, trusted: &IpSet, entries_right_to_left: impl IntoIterator<Item = Option<IpAddr>>) -> Resolved {
+/// The header a [`ForwardHeader`] reads.
+pub fn header_name(header: &ForwardHeader) -> &HeaderName {
+    match header {
+        ForwardHeader::XForwardedFor => &XFF_NAME,
+        ForwardHeader::Forwarded => &FORWARDED_NAME,
+        ForwardHeader::Single(name) => name,
+    }
+}
+
+/// Walks header entries from the right (each its text as written and its
+/// address, `None` = malformed) and builds the result; with no entries at
+/// all, the peer is the client.
+fn walk<S: AsRef<str>, T: Trace>(
+    peer: IpAddr,
+    trusted: &IpSet,
+    entries_right_to_left: impl IntoIterator<Item = (S, Option<IpAddr>)>,
+    trace: &mut T,
+) -> Resolved {
     // Built right to left, reversed at the end.
     let mut chain = vec![peer];
     let mut client = Some(peer);
-    for (hops, entry) in entries_right_to_left.into_iter().enumerate() {
+    let mut entries = entries_right_to_left.into_iter().enumerate();
+    for (hops, (text, entry)) in entries.by_ref() {
         let ip = match entry {
             Some(ip) if hops < MAX_HOPS => ip,
             _ => {
+                let step = if hops < MAX_HOPS {
+                    Step::Malformed
+                } else {
+                    Step::TooMany
+                };
+                trace.entry(text.as_ref(), step);
                 client = None;
                 break;
             }
@@ -161,13 +277,20 @@ fn walk(peer: IpAddr, trusted: &IpSet, entries_right_to_left: impl IntoIterator<
         chain.push(ip);
         client = Some(ip);
         if !trusted.contains(ip) {
+            trace.entry(text.as_ref(), Step::Client(ip));
             break;
+        }
+        trace.entry(text.as_ref(), Step::Trusted(ip));
+    }
+    if T::REST {
+        for (_, (text, _)) in entries.take(MAX_HOPS) {
+            trace.entry(text.as_ref(), Step::NotReached);
         }
     }
     chain.reverse();
     Resolved {
         client,
-        chain,
+        chain: Chain::Hops(chain),
         peer_trusted: true,
     }
 }
@@ -510,7 +633,7 @@ mod tests {
         let h = headers(XFF, &["1.2.3.4"]);
         for peer in ["10.0.0.1", "::1"] {
             let r = resolve(ip(peer), &h, &IpSet::empty(), &ForwardHeader::default());
-            assert_eq!((r.client, r.chain), (Some(ip(peer)), vec![ip(peer)]));
+            assert_eq!((r.client, r.chain.to_vec()), (Some(ip(peer)), vec![ip(peer)]));
         }
     }
 
@@ -519,7 +642,7 @@ mod tests {
         let mut h = headers(XFF, &["1.2.3.4"]);
         h.append(X_FORWARDED_FOR, HeaderValue::from_bytes(b"10.1.1.1\xff").unwrap());
         let r = resolve(ip(P), &h, &trusted(), &ForwardHeader::XForwardedFor);
-        assert_eq!((r.client, r.chain), (None, vec![ip(P)]));
+        assert_eq!((r.client, r.chain.to_vec()), (None, vec![ip(P)]));
     }
 
     #[test]
@@ -694,7 +817,7 @@ mod tests {
                 prop_assert_eq!(r.chain.first(), Some(&c));
             }
             if !trusted.contains(peer) {
-                prop_assert_eq!(r, Resolved { client: Some(peer), chain: vec![peer], peer_trusted: false });
+                prop_assert_eq!(r, Resolved { client: Some(peer), chain: Chain::Peer(peer), peer_trusted: false });
             }
         }
 
@@ -749,7 +872,7 @@ mod tests {
                 chain.push(peer);
                 (Some(list[start]), chain)
             };
-            prop_assert_eq!((r.client, r.chain), want);
+            prop_assert_eq!((r.client, r.chain.to_vec()), want);
         }
     }
 }

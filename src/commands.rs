@@ -15,11 +15,12 @@ use crate::page::human_until;
 use crate::runtime::Loaded;
 use crate::toggle::{self, ToggleContent, Window};
 
-/// Loads the config and everything it points to; `Err` holds every problem found.
-pub fn check(path: &Path) -> Result<Config, ConfigErrors> {
+/// Loads the config and everything it points to; `Err` holds every problem
+/// found, `Ok` what it lets through that it likely does not mean to (`misconfig`).
+pub fn check(path: &Path) -> Result<(Config, Vec<String>), ConfigErrors> {
     let cfg = Config::load(path)?;
-    Loaded::load(&cfg)?;
-    Ok(cfg)
+    let loaded = Loaded::load(&cfg)?;
+    Ok((cfg, loaded.warnings))
 }
 
 /// `check`'s extra word about etcd: reachable or not (never a failure by itself).

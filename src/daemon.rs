@@ -26,6 +26,7 @@ pub async fn run(config_path: &Path, config: Config) -> anyhow::Result<()> {
     let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
     raise_fd_limit();
     let rt = Runtime::build(config)?;
+    log_warnings(&rt);
     let cfg = rt.config.clone();
     let workers = match cfg.server.workers {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -202,6 +203,7 @@ pub fn reload(path: &Path, state: &State, certs: Option<&tls::CertStore>) {
                 );
             }
             logging::set_level(&new.config.log.level);
+            log_warnings(&new);
             let entries = new.allow.len();
             state.set_runtime(new);
             if certs_ok {
@@ -225,6 +227,13 @@ pub fn reload(path: &Path, state: &State, certs: Option<&tls::CertStore>) {
         }
     }
     notify(&[NotifyState::Ready]);
+}
+
+/// What the config lets through that it likely does not mean to (as `check` prints it).
+fn log_warnings(rt: &Runtime) {
+    for w in &rt.warnings {
+        tracing::warn!("{w}");
+    }
 }
 
 /// Settings a running daemon cannot change: they are bound at start.

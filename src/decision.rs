@@ -51,6 +51,8 @@ pub enum Endpoint {
     Script(Script),
     /// `page/<asset>`: the page's own files, whatever the scope.
     PageAsset,
+    /// `whoami` (only with `clients.whoami`): how this visitor's request is decided, JSON.
+    Whoami,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -105,7 +107,7 @@ pub enum Decision {
 
 impl Decision {
     /// Every decision's label, in the order of [`Decision::index`].
-    pub const LABELS: [&'static str; 13] = [
+    pub const LABELS: [&'static str; 14] = [
         "proxy",
         "bypass",
         "page",
@@ -119,6 +121,7 @@ impl Decision {
         "health",
         "status",
         "script",
+        "whoami",
     ];
 
     /// Short label for logs and metrics.
@@ -142,6 +145,7 @@ impl Decision {
             Decision::Endpoint(Endpoint::Health) => 10,
             Decision::Endpoint(Endpoint::Status) => 11,
             Decision::Endpoint(Endpoint::Script(_)) => 12,
+            Decision::Endpoint(Endpoint::Whoami) => 13,
         }
     }
 }
@@ -597,6 +601,7 @@ mod tests {
             Decision::Endpoint(Endpoint::Health),
             Decision::Endpoint(Endpoint::Status),
             Decision::Endpoint(Endpoint::Script(Script::Banner)),
+            Decision::Endpoint(Endpoint::Whoami),
         ];
         let labels: Vec<&str> = all.iter().map(|d| d.label()).collect();
         assert_eq!(labels, Decision::LABELS);

@@ -8,9 +8,10 @@ use http::header::{HeaderValue, ACCESS_CONTROL_REQUEST_METHOD, HOST};
 use http::{Method, Request};
 
 use crate::bypass;
-use crate::client_ip::{self, Resolved};
+use crate::client_ip::{self, NoTrace, Resolved, Trace};
 use crate::decision::{Endpoint, Facts, Script};
 use crate::framing::{self, FramingError, Head};
+use crate::misconfig;
 use crate::page::Asset;
 use crate::paths::{host_in_scope, in_scope, under_bypass_path, under_prefix};
 use crate::state::Snapshot;
@@ -42,18 +43,33 @@ pub struct Gathered<'s> {
     pub origin: Option<HeaderValue>,
     /// The named bypass token the request carries, for the cookie and the access log.
     pub named: Option<Presented<'s>>,
+    /// The forwarding header an untrusted loopback or private peer sent (see `misconfig`).
+    pub untrusted_forwarding: Option<&'s http::HeaderName>,
 }
 
 /// The facts of `req` against `snap`. `now` matters only for cookies (their
 /// expiry); callers may pass any time when no secret or token is in force.
 pub fn gather<'s, B>(req: &Request<B>, conn: &Conn, snap: &'s Snapshot, now: jiff::Timestamp) -> Gathered<'s> {
+    gather_traced(req, conn, snap, now, &mut NoTrace)
+}
+
+/// [`gather`], telling `trace` each step of the client-IP walk (`gatekeeper explain`).
+pub fn gather_traced<'s, B>(
+    req: &Request<B>,
+    conn: &Conn,
+    snap: &'s Snapshot,
+    now: jiff::Timestamp,
+    trace: &mut impl Trace,
+) -> Gathered<'s> {
     let (rt, m) = (&*snap.rt, &snap.maint);
     let cfg = &rt.config;
     let headers = req.headers();
     let path = req.uri().path();
     let head = Head::scan(headers);
 
-    let resolved = client_ip::resolve(conn.peer.ip(), headers, &rt.trusted, &cfg.clients.header);
+    let resolved = client_ip::resolve_traced(conn.peer.ip(), headers, &rt.trusted, &cfg.clients.header, trace);
+    let untrusted_forwarding =
+        misconfig::untrusted_forwarding(conn.peer.ip(), resolved.peer_trusted, headers, &cfg.clients.header);
     let client_allowed = resolved.client.is_some_and(|ip| rt.allow.contains(ip));
     let bypass_path =
         under_bypass_path(path, &cfg.maintenance.bypass_paths) || (cfg.maintenance.acme && under_prefix(path, ACME));
@@ -64,7 +80,7 @@ pub fn gather<'s, B>(req: &Request<B>, conn: &Conn, snap: &'s Snapshot, now: jif
         }
         _ => None,
     };
-    let endpoint = endpoint(path, &rt.pages);
+    let endpoint = endpoint(path, &rt.pages, cfg.clients.whoami);
     let bp = &cfg.bypass;
     let secret = m.secret.as_deref().filter(|_| m.present);
     let bypass_link = secret.is_some_and(|secret| {
@@ -127,6 +143,7 @@ pub fn gather<'s, B>(req: &Request<B>, conn: &Conn, snap: &'s Snapshot, now: jif
         declared_length,
         origin: head.origin.cloned(),
         named,
+        untrusted_forwarding,
     }
 }
 
@@ -135,11 +152,13 @@ pub fn gather<'s, B>(req: &Request<B>, conn: &Conn, snap: &'s Snapshot, now: jif
 const ACME: &str = "/.well-known/acme-challenge/";
 
 /// gatekeeper's own paths, answered on every listener before anything else.
-fn endpoint(path: &str, pages: &crate::page::PageSet) -> Option<Endpoint> {
+fn endpoint(path: &str, pages: &crate::page::PageSet, whoami: bool) -> Option<Endpoint> {
     let rest = path.strip_prefix("/.gatekeeper/")?;
     Some(match rest {
         "health" => Endpoint::Health,
         "status" => Endpoint::Status,
+        // Opt-in (`clients.whoami`); otherwise an ordinary path.
+        "whoami" if whoami => Endpoint::Whoami,
         "refresh.js" => Endpoint::Script(Script::Refresh),
         "banner.js" => Endpoint::Script(Script::Banner),
         _ => {

@@ -31,6 +31,8 @@ pub mod daemon;
 pub mod decision;
 /// gatekeeper's own endpoints: health, public status, scripts.
 pub mod endpoints;
+/// `gatekeeper explain` and `/.gatekeeper/whoami`: how a request is decided, step by step.
+pub mod explain;
 /// The facts of one request, gathered once from its head and the snapshot.
 pub mod facts;
 /// The fleet switch: one etcd key for many instances.
@@ -59,6 +61,8 @@ pub mod maint;
 pub mod manual;
 /// Prometheus metrics.
 pub mod metrics;
+/// Misconfiguration said out loud: untrusted forwarding peers, risky allowlists.
+pub mod misconfig;
 /// `token` and `history`: the operators' commands.
 pub mod operators;
 /// Maintenance page, assets, error pages.

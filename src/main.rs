@@ -27,12 +27,17 @@ fn main() -> ExitCode {
             runtime.block_on(daemon::run(path, config)).map(|()| String::new())
         }
         Command::Check => match commands::check(path) {
-            Ok(cfg) => {
+            Ok((cfg, warnings)) => {
                 let mut out = format!("config OK: {}", path.display());
                 if let Some(f) = commands::check_fleet(&cfg) {
                     out = format!("{out}\n{f}");
                 }
-                Ok(out)
+                println!("{out}");
+                // Diagnostics, on stderr: stdout stays what scripts read.
+                for w in warnings {
+                    eprintln!("warning: {w}");
+                }
+                Ok(String::new())
             }
             Err(e) => return fail_config(&e),
         },
@@ -48,6 +53,7 @@ fn main() -> ExitCode {
         Command::Completions { shell } => write_out(manual::completions(shell)),
         Command::Token { action } => operators::token(path, action),
         Command::History { n } => operators::history(path, n),
+        Command::Explain(args) => gatekeeper::explain::command::run(path, args),
     };
     match result {
         Ok(out) => {

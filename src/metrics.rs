@@ -153,6 +153,8 @@ pub struct Metrics {
     pub fleet_last_change: Gauge<f64, AtomicU64>,
     pub fleet_reconnects: Gauge,
     hook_runs: Family<HookLabels, Counter>,
+    /// Requests from an untrusted loopback or private peer carrying a forwarding header.
+    pub untrusted_forwarding: Counter,
 }
 
 impl Default for Metrics {
@@ -230,6 +232,7 @@ impl Metrics {
             fleet_last_change: Gauge::default(),
             fleet_reconnects: Gauge::default(),
             hook_runs: Family::default(),
+            untrusted_forwarding: Counter::default(),
             registry: Registry::default(),
         };
         registry.register("maintenance", "1 while maintenance is on", m.maintenance.clone());
@@ -302,6 +305,11 @@ impl Metrics {
             "hook_runs",
             "Hook runs on flips, by kind (command, webhook) and result (ok, failed, timeout)",
             m.hook_runs.clone(),
+        );
+        registry.register(
+            "untrusted_forwarding",
+            "Requests from a loopback or private peer that is not a trusted proxy but sends a forwarding header",
+            m.untrusted_forwarding.clone(),
         );
         Metrics { registry, ..m }
     }

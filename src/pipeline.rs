@@ -138,6 +138,7 @@ where
             endpoints::status(m, request_host(&req), announce, jiff::Timestamp::now(), method)
         }
         Decision::Endpoint(Endpoint::Script(s)) => endpoints::script(s, method),
+        Decision::Endpoint(Endpoint::Whoami) => crate::explain::whoami(&req, conn, snap, now),
         Decision::Endpoint(Endpoint::PageAsset) => {
             let asset = req
                 .uri()
@@ -266,6 +267,9 @@ fn record(
     start: Instant,
 ) {
     let elapsed = start.elapsed();
+    if let Some(header) = g.untrusted_forwarding {
+        state.untrusted.saw(conn.peer.ip(), header, Instant::now());
+    }
     let status = resp.status().as_u16();
     state.metrics.request(decision, status, outcome, elapsed.as_secs_f64());
     if let Some(line) = line {

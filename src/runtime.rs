@@ -21,13 +21,22 @@ pub struct Runtime {
     /// The upstream client; kept across reloads that leave the upstream alone
     /// (see [`Runtime::keep_upstream_of`]), so its pooled connections stay in use.
     pub upstream: UpstreamClient,
+    /// Every allowlist entry as configured, kept only for `clients.whoami`
+    /// (which names the entry a visitor matched); empty otherwise.
+    pub allow_entries: Vec<ipnet::IpNet>,
+    /// What the config lets through that it likely did not mean to (see `misconfig`).
+    pub warnings: Vec<String>,
 }
 
 /// The files a config points to, loaded and checked (used by `check` too).
 pub struct Loaded {
     pub allow: IpSet,
+    /// The allowlist's entries as configured (`clients.allow`, then `allow_file`).
+    pub allow_entries: Vec<ipnet::IpNet>,
     pub pages: PageSet,
     pub tokens: TokenStore,
+    /// Misconfigurations worth a warning (`check` prints them, the daemon logs them).
+    pub warnings: Vec<String>,
 }
 
 impl Loaded {
@@ -110,11 +119,16 @@ impl Loaded {
             },
         };
         match pages {
-            Some(pages) if errors.is_empty() => Ok(Loaded {
-                allow: IpSet::new(nets),
-                pages,
-                tokens,
-            }),
+            Some(pages) if errors.is_empty() => {
+                let allow = IpSet::new(nets.iter().copied());
+                Ok(Loaded {
+                    warnings: crate::misconfig::config_warnings(&config.clients, &nets, &allow),
+                    allow,
+                    allow_entries: nets,
+                    pages,
+                    tokens,
+                })
+            }
             _ => Err(ConfigErrors(errors)),
         }
     }
@@ -128,6 +142,12 @@ impl Runtime {
             upstream: UpstreamClient::new(&config.upstream),
             trusted: IpSet::new(config.clients.trusted_proxies.iter().copied()),
             allow: loaded.allow,
+            allow_entries: if config.clients.whoami {
+                loaded.allow_entries
+            } else {
+                Vec::new()
+            },
+            warnings: loaded.warnings,
             pages: Arc::new(loaded.pages),
             tokens: loaded.tokens,
             config: Arc::new(config),

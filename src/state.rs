@@ -12,6 +12,7 @@ use arc_swap::ArcSwap;
 use crate::hold::Holds;
 use crate::maint::{onoff, FleetView, Maint, Source};
 use crate::metrics::Metrics;
+use crate::misconfig::UntrustedForwarding;
 use crate::page::{self, Rendered};
 use crate::runtime::Runtime;
 use crate::toggle::Observed;
@@ -30,6 +31,11 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
+    /// A snapshot as the daemon would derive it now (for `gatekeeper explain`).
+    pub fn new(rt: Arc<Runtime>, observed: Observed, fleet: Option<FleetView>, drained: bool) -> Snapshot {
+        Snapshot::derive(rt, observed, fleet, drained)
+    }
+
     fn derive(rt: Arc<Runtime>, observed: Observed, fleet: Option<FleetView>, drained: bool) -> Snapshot {
         let maint = Maint::derive(
             &observed,
@@ -68,6 +74,8 @@ pub struct State {
     pub paused: AtomicBool,
     /// Where applied changes go besides the log (history, hooks): see the `audit` module.
     audit: OnceLock<tokio::sync::mpsc::Sender<Applied>>,
+    /// Peers that forward without being trusted, said out loud.
+    pub untrusted: UntrustedForwarding,
 }
 
 /// A change a writer applied, as the audit trail and the hooks take it.
@@ -85,6 +93,7 @@ impl State {
         let snap = Snapshot::derive(Arc::new(rt), observed, None, false);
         let metrics = Metrics::new();
         let holds = Holds::new(metrics.held.clone());
+        let untrusted = UntrustedForwarding::new(metrics.untrusted_forwarding.clone());
         metrics.set_maintenance(snap.maint.active);
         metrics.allowlist_entries.set(snap.rt.allow.len() as i64);
         State {
@@ -97,6 +106,7 @@ impl State {
             holds,
             paused: AtomicBool::new(false),
             audit: OnceLock::new(),
+            untrusted,
         }
     }
 

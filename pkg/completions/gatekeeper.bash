@@ -25,6 +25,9 @@ _gatekeeper() {
             gatekeeper,drain)
                 cmd="gatekeeper__subcmd__drain"
                 ;;
+            gatekeeper,explain)
+                cmd="gatekeeper__subcmd__explain"
+                ;;
             gatekeeper,health)
                 cmd="gatekeeper__subcmd__health"
                 ;;
@@ -69,6 +72,9 @@ _gatekeeper() {
                 ;;
             gatekeeper__subcmd__help,drain)
                 cmd="gatekeeper__subcmd__help__subcmd__drain"
+                ;;
+            gatekeeper__subcmd__help,explain)
+                cmd="gatekeeper__subcmd__help__subcmd__explain"
                 ;;
             gatekeeper__subcmd__help,health)
                 cmd="gatekeeper__subcmd__help__subcmd__health"
@@ -146,7 +152,7 @@ _gatekeeper() {
 
     case "${cmd}" in
         gatekeeper)
-            opts="-c -h -V --config --help --version run check on pause resume drain undrain off status health man completions token history help"
+            opts="-c -h -V --config --help --version run check on pause resume drain undrain off status explain health man completions token history help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -233,6 +239,48 @@ _gatekeeper() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        gatekeeper__subcmd__explain)
+            opts="-H -c -h --peer --header --method --host --https --json --config --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --peer)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --header)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -H)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --method)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --host)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -c)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         gatekeeper__subcmd__health)
             opts="-c -h --config --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
@@ -256,7 +304,7 @@ _gatekeeper() {
             return 0
             ;;
         gatekeeper__subcmd__help)
-            opts="run check on pause resume drain undrain off status health man completions token history help"
+            opts="run check on pause resume drain undrain off status explain health man completions token history help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -298,6 +346,20 @@ _gatekeeper() {
             return 0
             ;;
         gatekeeper__subcmd__help__subcmd__drain)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        gatekeeper__subcmd__help__subcmd__explain)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )

@@ -173,6 +173,7 @@ fn clients(c: &mut Collector, cl: &RawClients, base: &Path) -> Clients {
         allow_file: cl.allow_file.as_ref().map(|f| resolve_path(base, f.get_ref())),
         trusted_proxies: nets(c, &cl.trusted_proxies, "clients.trusted_proxies"),
         header,
+        whoami: cl.whoami.unwrap_or(false),
     }
 }
 

@@ -167,6 +167,8 @@ pub struct Clients {
     pub allow_file: Option<PathBuf>,
     pub trusted_proxies: Vec<IpNet>,
     pub header: ForwardHeader,
+    /// `GET /.gatekeeper/whoami` shows a visitor how their request is decided.
+    pub whoami: bool,
 }
 
 /// Connection limits that protect the daemon from slow and greedy clients.

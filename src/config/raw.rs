@@ -128,6 +128,7 @@ pub struct RawClients {
     #[serde(default)]
     pub trusted_proxies: Vec<S<String>>,
     pub header: Option<S<String>>,
+    pub whoami: Option<bool>,
 }
 
 #[derive(Deserialize, Default)]
