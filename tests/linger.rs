@@ -104,6 +104,10 @@ async fn small_body_keeps_the_connection() {
     let up = Upstream::start();
     let gk = start(&fx, &up, "30s");
     fx.toggle_on();
+    let mut probe = Conn::open(LOCALHOST, gk.addr).await;
+    assert!(wait_status(&mut probe, "/", 503, Duration::from_secs(5))
+        .await
+        .is_some());
     let mut s = connect_from(LOCALHOST, gk.addr).await.unwrap();
     let body = "x".repeat(1000);
     let post = format!("POST /form HTTP/1.1\r\nHost: a\r\nContent-Length: 1000\r\n\r\n{body}");
@@ -204,6 +208,10 @@ async fn h2_early_answer_and_the_connection_serves_on() {
     let up = Upstream::start();
     let gk = start(&fx, &up, "30s");
     fx.toggle_on();
+    let mut probe = Conn::open(LOCALHOST, gk.addr).await;
+    assert!(wait_status(&mut probe, "/", 503, Duration::from_secs(5))
+        .await
+        .is_some());
     let s = connect_from(LOCALHOST, gk.addr).await.unwrap();
     let (mut sender, conn) =
         hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), hyper_util::rt::TokioIo::new(s))
