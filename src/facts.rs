@@ -73,10 +73,9 @@ pub fn gather_traced<'s, B>(
     let client_allowed = resolved.client.is_some_and(|ip| rt.allow.contains(ip));
     let bypass_path =
         under_bypass_path(path, &cfg.maintenance.bypass_paths) || (cfg.maintenance.acme && under_prefix(path, ACME));
-    let host = host_of(req, head.host);
     let location = match &cfg.tls {
         Some(tls) if !conn.https && tls.redirect_http && !bypass_path => {
-            https_location(req, host, tls, conn.https_port)
+            https_location(req, host_of(req, head.host), tls, conn.https_port)
         }
         _ => None,
     };
@@ -87,7 +86,9 @@ pub fn gather_traced<'s, B>(
         path.strip_prefix(bp.path.as_str())
             .is_some_and(|token| bypass::token_matches(secret, token))
     });
-    let applies = m.active && in_scope(path, &m.paths) && host_in_scope(host, &m.hosts);
+    let applies = m.active
+        && in_scope(path, &m.paths)
+        && (m.hosts.is_empty() || host_in_scope(host_of(req, head.host), &m.hosts));
     let credential = applies
         && secret.is_some_and(|secret| {
             let header_ok = headers

@@ -15,7 +15,7 @@ use http_body_util::Full;
 use crate::body::{boxed, Body, BoxError};
 use crate::buffer::{self, DISCARD_MAX};
 use crate::bypass;
-use crate::decision::{decide, Decision, Endpoint, Refusal};
+use crate::decision::{decide, Decision, Endpoint, Mark, Refusal};
 use crate::endpoints;
 use crate::facts::{gather, request_host, Conn, Gathered};
 use crate::forward::{forward, Outcome};
@@ -30,7 +30,7 @@ static X_MAINTENANCE_MODE: HeaderName = HeaderName::from_static("x-maintenance-m
 const DISCARD_WITHIN: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Handles one request.
-pub async fn handle<B>(req: Request<B>, conn: &Conn, state: &State) -> Response<Body>
+pub async fn handle<B>(mut req: Request<B>, conn: &Conn, state: &State) -> Response<Body>
 where
     B: HttpBody<Data = Bytes> + Send + Sync + Unpin + 'static,
     B::Error: Into<BoxError>,
@@ -81,13 +81,17 @@ where
             },
             held,
         });
-        let mut req = req;
         // Boxed: rare, and the handler's future stays small (hyper keeps one per connection).
         let keep_alive = matches!(decision, Decision::Proxy(_))
             || req.body().is_end_stream()
             || Box::pin(early_body_read(&mut req, &g)).await;
         let http1 = req.version() < http::Version::HTTP_2;
-        let (mut resp, outcome) = respond(decision, req, &g, &snap, state, conn, now).await;
+        // The app's answer, or gatekeeper's own; the request is moved only
+        // where it goes on (a request head is large: every move is a copy).
+        let (mut resp, outcome) = match decision {
+            Decision::Proxy(mark) => proxy(mark, req, &g, &snap, state, conn).await,
+            _ => answer(decision, &req, &g, &snap, conn, now),
+        };
         if !keep_alive && http1 {
             // Where the unread rest goes: hyper closes after this answer, and the
             // lingering close (see `linger`) lets the client read it first.
@@ -114,31 +118,29 @@ where
     buffer::discard(req.body_mut(), DISCARD_WITHIN).await
 }
 
-/// Turns a decision into its response: the one place where each kind of answer is made.
-async fn respond<B>(
+/// Turns a decision other than `Proxy` into gatekeeper's own answer: the one
+/// place where each kind of them is made (`proxy` makes the app's).
+fn answer<B>(
     decision: Decision,
-    req: Request<B>,
+    req: &Request<B>,
     g: &Gathered<'_>,
     snap: &Snapshot,
-    state: &State,
     conn: &Conn,
     now: jiff::Timestamp,
-) -> (Response<Body>, Option<Outcome>)
-where
-    B: HttpBody<Data = Bytes> + Send + Sync + Unpin + 'static,
-    B::Error: Into<BoxError>,
-{
+) -> (Response<Body>, Option<Outcome>) {
     let (rt, m) = (&*snap.rt, &snap.maint);
     let cfg = &rt.config;
     let method = req.method();
     let resp = match decision {
+        // Decided by `proxy`; here only for the match to be whole.
+        Decision::Proxy(_) => page::error_response(StatusCode::INTERNAL_SERVER_ERROR),
         Decision::Endpoint(Endpoint::Health) => endpoints::health(snap.drained, method),
         Decision::Endpoint(Endpoint::Status) => {
             let announce = cfg.maintenance.announce.as_secs();
-            endpoints::status(m, request_host(&req), announce, jiff::Timestamp::now(), method)
+            endpoints::status(m, request_host(req), announce, jiff::Timestamp::now(), method)
         }
         Decision::Endpoint(Endpoint::Script(s)) => endpoints::script(s, method),
-        Decision::Endpoint(Endpoint::Whoami) => crate::explain::whoami(&req, conn, snap, now),
+        Decision::Endpoint(Endpoint::Whoami) => crate::explain::whoami(req, conn, snap, now),
         Decision::Endpoint(Endpoint::PageAsset) => {
             let asset = req
                 .uri()
@@ -157,7 +159,7 @@ where
             }
             r
         }
-        Decision::BypassLink => bypass_link(&req, snap, g, conn.https, now),
+        Decision::BypassLink => bypass_link(req, snap, g, conn.https, now),
         Decision::Refuse(Refusal::Framing) => {
             let status = g.framing.as_ref().map_or(StatusCode::BAD_REQUEST, |e| e.status());
             let mut r = boxed(page::error_response(status));
@@ -193,28 +195,41 @@ where
                 resp
             }
         },
-        Decision::Proxy(mark) => {
-            let mut req = req;
-            // SECURITY: bypass credentials are gatekeeper's business, never the app's.
-            let bp = &cfg.bypass;
-            req.headers_mut().remove(&bp.header);
-            bypass::strip_cookie(req.headers_mut(), &bp.cookie_name);
-            let origin = Origin {
-                resolved: &g.resolved,
-                https: conn.https,
-            };
-            // Boxed: hyper keeps a slot the size of this future for every
-            // connection; the forwarding state is large. Boxed in a statement of
-            // its own: a temporary in the awaiting statement would keep its
-            // space in this future's state even after it is moved into the box.
-            let exchange = Box::pin(forward(&rt.upstream, cfg, req, &origin, mark, Some(&state.paused)));
-            return match exchange.await {
-                Ok(r) => (r, Some(Outcome::Ok)),
-                Err(e) => (e.response(), Some(e.outcome())),
-            };
-        }
     };
     (boxed(resp), None)
+}
+
+/// The app's answer to `req`, marked as `mark` says.
+async fn proxy<B>(
+    mark: Mark,
+    mut req: Request<B>,
+    g: &Gathered<'_>,
+    snap: &Snapshot,
+    state: &State,
+    conn: &Conn,
+) -> (Response<Body>, Option<Outcome>)
+where
+    B: HttpBody<Data = Bytes> + Send + Sync + Unpin + 'static,
+    B::Error: Into<BoxError>,
+{
+    let (rt, cfg) = (&*snap.rt, &snap.rt.config);
+    // SECURITY: bypass credentials are gatekeeper's business, never the app's.
+    let bp = &cfg.bypass;
+    req.headers_mut().remove(&bp.header);
+    bypass::strip_cookie(req.headers_mut(), &bp.cookie_name);
+    let origin = Origin {
+        resolved: &g.resolved,
+        https: conn.https,
+    };
+    // Boxed: hyper keeps a slot the size of this future for every
+    // connection; the forwarding state is large. Boxed in a statement of
+    // its own: a temporary in the awaiting statement would keep its
+    // space in this future's state even after it is moved into the box.
+    let exchange = Box::pin(forward(&rt.upstream, cfg, req, &origin, mark, Some(&state.paused)));
+    match exchange.await {
+        Ok(r) => (r, Some(Outcome::Ok)),
+        Err(e) => (e.response(), Some(e.outcome())),
+    }
 }
 
 /// 303 to `next` (same-site only) or "/", with a fresh signed bypass cookie.
