@@ -39,6 +39,8 @@ pub mod forward;
 pub mod framing;
 /// Atomic file writes; the directory a path lives in.
 pub mod fsutil;
+/// Free heap pages back to the system after a wave of connections.
+pub mod heap;
 /// Holding requests during a pause.
 pub mod hold;
 /// Hop-by-hop header handling.
