@@ -8,14 +8,23 @@ connections are still open; with --reuse, then sends a second request on some
 of them (an idle connection must still serve). Source addresses rotate over 127.0.0.2..127.0.0.N
 so that no single source address runs out of ephemeral ports.
 
-Bounded: at most N connections, every socket operation has a timeout.
-Prints one JSON object.
+With --rounds R (> 1) it does that R times, closing every connection after
+each round and waiting (at most 30 s) until the server's descriptor count is
+back near where it started or stops falling, and reads VmRSS again then: RSS
+per round with the connections open and after they closed, to see whether
+memory creeps.
+
+Bounded: at most N connections per round and R rounds, every socket operation
+has a timeout. Prints one JSON object (with --rounds > 1: one line per round on
+stderr as it goes, and the rounds in "rounds").
 """
 import argparse
 import json
 import resource
 import select
 import socket
+import ssl
+import subprocess
 import sys
 import time
 
@@ -52,7 +61,8 @@ def count_alive(socks):
             alive += 1
         else:
             try:
-                if s.recv(1, socket.MSG_PEEK):
+                # the TCP stream itself (a TLS socket refuses MSG_PEEK)
+                if socket.socket.recv(s, 1, socket.MSG_PEEK):
                     alive += 1
             except OSError:
                 pass
@@ -88,32 +98,8 @@ def read_response(s):
     return status, not close
 
 
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--host", default="127.0.0.1")
-    ap.add_argument("--port", type=int, required=True)
-    ap.add_argument("--pid", type=int, required=True)
-    ap.add_argument("-n", type=int, default=10000)
-    ap.add_argument("--batch", type=int, default=500)
-    ap.add_argument("--sources", type=int, default=40, help="spread over 127.0.0.2..127.0.0.(1+N)")
-    ap.add_argument("--settle", type=float, default=1.0, help="seconds between the last connection and the RSS reading")
-    ap.add_argument("--reuse", type=int, default=0,
-                    help="after the RSS reading, send a second request on this many of the idle connections")
-    ap.add_argument("--linger", type=float, default=0.0,
-                    help="if > 0: count open connections again this many seconds after the last one opened")
-    a = ap.parse_args()
-
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    need = a.n + 100
-    if soft < need:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (min(need, hard), hard))
-        except (ValueError, OSError):
-            pass
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < need:
-        sys.exit(f"RLIMIT_NOFILE {soft} < {need}: raise ulimit -n")
-
+def one_round(a):
+    """Opens the connections, reads RSS, optionally reuses some, closes them all."""
     before = status_kb(a.pid)
     socks, errors, statuses = [], 0, {}
     req = f"GET / HTTP/1.1\r\nHost: {a.host}:{a.port}\r\nUser-Agent: idle_conns\r\n\r\n".encode()
@@ -131,6 +117,8 @@ def main():
                 s.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
                 s.bind((src, 0))
                 s.connect((a.host, a.port))
+                if a.tls:
+                    s = a.tls.wrap_socket(s, server_hostname="localhost")
                 s.sendall(req)
                 batch.append(s)
             except OSError:
@@ -174,7 +162,7 @@ def main():
     for s in socks:
         s.close()
 
-    print(json.dumps({
+    return {
         "requested": a.n,
         "kept_alive": len(socks),
         "alive_after_settle": alive,
@@ -191,6 +179,86 @@ def main():
         "hwm_kib": after.get("VmHWM"),
         "threads": after.get("Threads"),
         "server_fds": fds,
+    }
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--tls", action="store_true",
+                    help="connect with TLS (certificate not verified): such connections are not parked")
+    ap.add_argument("--port", type=int, required=True)
+    ap.add_argument("--pid", type=int, required=True)
+    ap.add_argument("-n", type=int, default=10000)
+    ap.add_argument("--batch", type=int, default=500)
+    ap.add_argument("--sources", type=int, default=40, help="spread over 127.0.0.2..127.0.0.(1+N)")
+    ap.add_argument("--settle", type=float, default=1.0, help="seconds between the last connection and the RSS reading")
+    ap.add_argument("--reuse", type=int, default=0,
+                    help="after the RSS reading, send a second request on this many of the idle connections")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="repeat this many times, closing every connection between rounds")
+    ap.add_argument("--after-round", default="",
+                    help="with --rounds: shell command run after each round's readings ({pid}, {round} replaced)")
+    ap.add_argument("--linger", type=float, default=0.0,
+                    help="if > 0: count open connections again this many seconds after the last one opened")
+    a = ap.parse_args()
+    if a.tls:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        ctx.set_alpn_protocols(["http/1.1"])
+        a.tls = ctx
+    a.rounds = max(1, min(a.rounds, 100))
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    need = a.n + 100
+    if soft < need:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (min(need, hard), hard))
+        except (ValueError, OSError):
+            pass
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < need:
+        sys.exit(f"RLIMIT_NOFILE {soft} < {need}: raise ulimit -n")
+
+    if a.rounds <= 1:
+        print(json.dumps(one_round(a)))
+        return
+    base_fds = fd_count(a.pid) or 0
+    start = status_kb(a.pid)
+    rounds = []
+    for r in range(a.rounds):
+        out = one_round(a)
+        # Let the server see every close before reading RSS again: until its
+        # descriptor count is back near the start or has not moved for 1 s
+        # (pooled upstream connections stay open), at most 30 s.
+        deadline = time.monotonic() + 30
+        last, still_since = None, time.monotonic()
+        while time.monotonic() < deadline:
+            n = fd_count(a.pid) or 0
+            if n != last:
+                last, still_since = n, time.monotonic()
+            if n <= base_fds + 20 or time.monotonic() - still_since >= 1.0:
+                break
+            time.sleep(0.1)
+        time.sleep(a.settle)
+        closed = status_kb(a.pid)
+        out["round"] = r + 1
+        out["rss_closed_kib"] = closed.get("VmRSS")
+        out["fds_closed"] = fd_count(a.pid)
+        if a.after_round:
+            subprocess.run(a.after_round.format(pid=a.pid, round=r + 1), shell=True, timeout=120,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+        rounds.append(out)
+        print(f"round {r + 1}: {out['kept_alive']} open: VmRSS {out['rss_kib'] / 1024:.1f} MiB; "
+              f"all closed: VmRSS {out['rss_closed_kib'] / 1024:.1f} MiB, VmHWM {closed.get('VmHWM', 0) / 1024:.1f} MiB, "
+              f"{out['fds_closed']} fds", file=sys.stderr, flush=True)
+    print(json.dumps({
+        "rss_start_kib": start.get("VmRSS"),
+        "rss_open_kib": [x["rss_kib"] for x in rounds],
+        "rss_closed_kib": [x["rss_closed_kib"] for x in rounds],
+        "hwm_kib": status_kb(a.pid).get("VmHWM"),
+        "rounds": rounds,
     }))
 
 

@@ -1,20 +1,23 @@
 #!/usr/bin/env bash
-# Slow-client benchmark: slowhttptest (slowloris, slow body, slow read) against
+# Slow-client benchmark: slowhttptest (slowloris, slow body, slow read with one
+# and with two pipelined requests per connection) against
 # gatekeeper, nginx with Debian's default config, and nginx tuned, all in
 # front of the same sync-worker stand-in app (bench/syncapp.py: 8 threads, one
 # connection each at a time), plus the app alone as the baseline. A probe sends
 # one ordinary GET every 100 ms on a fresh connection during every run.
 #
-#   bench/slow_clients.sh          4,000 connections, 30 s of probes per mode (~10 minutes)
-#   bench/slow_clients.sh --quick  2,000 connections, 10 s of probes per mode (~4.5 minutes)
+#   bench/slow_clients.sh          4,000 connections, 30 s of probes per mode (~13 minutes)
+#   bench/slow_clients.sh --quick  2,000 connections, 10 s of probes per mode (~6 minutes)
 #
 # Options: --no-build (use the existing target/release/gatekeeper), --keep
 #          (keep the work dir), --no-install (never call apt-get), --no-netns
 #          (run on the host's loopback; see below).
-# Environment: CONNS, DURATION (seconds), GATEKEEPER_BIN, TARGETS (subset of
-#          "app gatekeeper nginx-debian nginx-tuned"), MODES (subset of
-#          "slowloris slowbody slowread"), TEMP_DIR (where gatekeeper and nginx
-#          put their temp files; default: the work dir, on disk).
+# Environment: CONNS, DURATION (seconds), PROBE_TIMEOUT (seconds, default 5),
+#          GATEKEEPER_BIN, TARGETS (subset of "app gatekeeper nginx-debian
+#          nginx-tuned"), MODES (subset of "slowloris slowbody slowread
+#          slowread2"; slowread2: two pipelined requests per slow reader,
+#          slowhttptest -k 2), TEMP_DIR (where gatekeeper and nginx put their
+#          temp files; default: the work dir, on disk).
 #
 # Network namespace: when run as root, the measurement runs in a fresh network
 # namespace (unshare -n: its own loopback, nothing else on the host sees it)
@@ -45,7 +48,7 @@ for arg in "$@"; do
     --no-install) INSTALL=0 ;;
     --no-netns) NETNS=0 ;;
     --inside-netns) INSIDE=1 ;;
-    -h | --help) sed -n '2,30p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) sed -n '2,33p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "unknown argument: $arg (try --help)" >&2; exit 2 ;;
   esac
 done
@@ -58,12 +61,13 @@ fi
 WORKERS=8
 BIG=$((1024 * 1024))        # slow-read answer
 PROBE_EVERY=0.1
-PROBE_TIMEOUT=5             # as slowhttptest's own probe (-p 5)
+PROBE_TIMEOUT=${PROBE_TIMEOUT:-5} # as slowhttptest's own probe (-p 5)
+LEAVE_WINDOW=5              # seconds of probing around the moment the slow clients leave
 RATE_SLOW_HEAD=1000         # connections opened per second (-r)
 RATE_SLOW_READ=500          # slow readers' requests do reach the app: 500 MiB/s stays within what 8 Python workers serve
 APP_SNDBUF=212992           # net.core.wmem_max: the app's send buffer holds 416 KiB, less than half a 1 MiB answer
 TARGETS=${TARGETS:-app gatekeeper nginx-debian nginx-tuned}
-MODES=${MODES:-slowloris slowbody slowread}
+MODES=${MODES:-slowloris slowbody slowread slowread2}
 GK_BIN=${GATEKEEPER_BIN:-$ROOT/target/release/gatekeeper}
 
 log() { printf '[slow %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
@@ -107,7 +111,7 @@ fi
 NET_NOTE="host loopback, tcp_wmem $(tr '\t' ' ' </proc/sys/net/ipv4/tcp_wmem)"
 if ((INSIDE)); then
   ip link set lo up
-  sysctl -qw net.ipv4.tcp_wmem="4096 16384 65536"
+  sysctl -qw net.ipv4.tcp_wmem="${NETNS_TCP_WMEM:-4096 16384 65536}"
   NET_NOTE="own network namespace, tcp_wmem $(tr '\t' ' ' </proc/sys/net/ipv4/tcp_wmem)"
 fi
 
@@ -322,12 +326,15 @@ run() {
     slowloris) args=(-H -i 10) url="http://127.0.0.1:$port/" rate=$RATE_SLOW_HEAD ;;
     slowbody) args=(-B -i 10 -s 1000000) url="http://127.0.0.1:$port/" rate=$RATE_SLOW_HEAD ;;
     slowread) args=(-X -k 1 -w 512 -y 1024 -n 5 -z 32) url="http://127.0.0.1:$port/big" rate=$RATE_SLOW_READ ;;
+    # the second request waits behind the first answer, which the client takes 32 bytes at a time
+    slowread2) args=(-X -k 2 -w 512 -y 1024 -n 5 -z 32) url="http://127.0.0.1:$port/big" rate=$RATE_SLOW_READ ;;
   esac
   : >"$T/rss.samples"
   (
     while :; do
       rss_sum "${pids[@]}"
-      echo "$RSS_SUM" >>"$T/rss.samples"
+      # the kernel's TCP buffers, host-wide (tcp_mem counts every namespace), in pages
+      echo "$RSS_SUM $(awk '$1 == "TCP:" {for (i = 2; i < NF; i++) if ($i == "mem") print $(i + 1)}' /proc/net/sockstat)" >>"$T/rss.samples"
       sleep 0.2
     done
   ) &
@@ -335,25 +342,45 @@ run() {
   python3 "$HERE/syncapp.py" probe --url "http://127.0.0.1:$port/probe" --interval "$PROBE_EVERY" \
     --duration "$DURATION" --timeout "$PROBE_TIMEOUT" >"$T/probe/$name.json" &
   local probe=$!
+  # A second probe covers the end of the attack: from 1 s before slowhttptest
+  # closes its connections to LEAVE_WINDOW - 1 s after. Thousands of slow
+  # clients leaving at once cost the proxy work too (each spooled answer's
+  # temp file is freed then).
+  (
+    sleep $((DURATION + PROBE_TIMEOUT))
+    exec python3 "$HERE/syncapp.py" probe --url "http://127.0.0.1:$port/probe" --interval "$PROBE_EVERY" \
+      --duration "$LEAVE_WINDOW" --timeout "$PROBE_TIMEOUT" >"$T/probe/$name-leave.json"
+  ) &
+  local leave_probe=$!
   # The attack outlasts the probe window by the probe's timeout: slowhttptest
   # closing its connections at the end must not rescue a stuck probe.
   timeout -k 5 $((DURATION + PROBE_TIMEOUT + 30)) slowhttptest "${args[@]}" -c "$CONNS" -r "$rate" \
     -l $((DURATION + PROBE_TIMEOUT + 1)) -p 5 \
     -g -o "$T/st/$name" -u "$url" >"$T/st/$name.log" 2>&1 || true
   wait "$probe" || true
+  wait "$leave_probe" || true
   kill "$SAMPLER" 2>/dev/null || true
   wait "$SAMPLER" 2>/dev/null || true
   SAMPLER=""
-  local peak connected ok pct p50 p99 sent
+  local peak connected ok pct p50 p99 sent tcpmem lpct lp99
   peak=$(awk '$1 > m {m = $1} END {print m + 0}' "$T/rss.samples")
+  tcpmem=$(awk '$2 > m {m = $2} END {printf "%.0f", m * 4 / 1024}' "$T/rss.samples")
   connected=$(awk -F, 'NR > 1 && $4 + 0 > m {m = $4 + 0} END {print m + 0}' "$T/st/$name.csv" 2>/dev/null || echo 0)
   read -r sent ok pct p50 p99 < <(python3 -c '
 import json, sys
 d = json.load(open(sys.argv[1]))
 print(d["sent"], d["ok"], d["success_pct"], d["p50_ms"], d["p99_ms"])' "$T/probe/$name.json")
-  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$tgt" "$mode" "$pct" "$p50" "$p99" "$ok" "$sent" "$connected" "$peak" >>"$T/results.tsv"
-  log "$(printf '%-13s %-10s probe %6s %% 200 (%s/%s)  p50 %8s ms  p99 %8s ms  slowhttptest connected %5s  peak RSS %6d KiB' \
-    "$tgt" "$mode" "$pct" "$ok" "$sent" "$p50" "$p99" "$connected" "$peak")"
+  read -r lpct lp99 < <(python3 -c '
+import json, sys
+try:
+    d = json.load(open(sys.argv[1]))
+    print(d["success_pct"], d["p99_ms"])
+except (OSError, ValueError):
+    print("? ?")' "$T/probe/$name-leave.json")
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$tgt" "$mode" "$pct" "$p50" "$p99" "$ok" "$sent" "$connected" "$peak" \
+    "$lpct" "$lp99" >>"$T/results.tsv"
+  log "$(printf '%-13s %-10s probe %6s %% 200 (%s/%s)  p50 %8s ms  p99 %8s ms  as they leave %6s %% p99 %8s ms  slowhttptest connected %5s  peak RSS %6d KiB  peak kernel TCP memory %5s MiB' \
+    "$tgt" "$mode" "$pct" "$ok" "$sent" "$p50" "$p99" "$lpct" "$lp99" "$connected" "$peak" "$tcpmem")"
   # let the slow connections go before the next run (slowhttptest closed them; the proxy may lag)
   local n
   for ((n = 0; n < 150; n++)); do
@@ -374,17 +401,17 @@ echo "load_end=$(cut -d' ' -f1-3 /proc/loadavg)" >>"$T/meta.env"
 # ---------------------------------------------------------------- report
 echo
 sed 's/^/# /' "$T/meta.env"
-echo "# $MODE: $CONNS slowhttptest connections; probe: GET every ${PROBE_EVERY} s on a fresh connection for ${DURATION} s, ${PROBE_TIMEOUT} s timeout, while the attack runs ($((DURATION + PROBE_TIMEOUT + 1)) s)"
+echo "# $MODE: $CONNS slowhttptest connections; probe: GET every ${PROBE_EVERY} s on a fresh connection for ${DURATION} s, ${PROBE_TIMEOUT} s timeout, while the attack runs ($((DURATION + PROBE_TIMEOUT + 1)) s); \"as they leave\": the same for ${LEAVE_WINDOW} s from 1 s before slowhttptest closes its connections"
 echo "# app: bench/syncapp.py, $WORKERS sync workers, SO_SNDBUF $APP_SNDBUF, 1 MiB slow-read answer"
-echo "# slowhttptest: -H -i 10 | -B -i 10 -s 1000000 | -X -k 1 -w 512 -y 1024 -n 5 -z 32 (-r $RATE_SLOW_HEAD, slow read -r $RATE_SLOW_READ)"
+echo "# slowhttptest: slowloris -H -i 10 | slowbody -B -i 10 -s 1000000 | slowread -X -k 1 -w 512 -y 1024 -n 5 -z 32 | slowread2 the same with -k 2 (-r $RATE_SLOW_HEAD, slow reads -r $RATE_SLOW_READ)"
 echo
-printf '| %-13s | %-10s | %13s | %13s | %13s | %22s | %13s |\n' "in front" "mode" "probe 200 %" "probe p50 ms" "probe p99 ms" "slowhttptest connected" "peak RSS MiB"
-printf '|%s|%s|%s|%s|%s|%s|%s|\n' "---------------" "------------" "--------------:" "--------------:" "--------------:" "-----------------------:" "--------------:"
-while IFS=$'\t' read -r tgt mode pct p50 p99 ok sent connected peak; do
+printf '| %-13s | %-10s | %13s | %13s | %13s | %22s | %13s | %15s | %15s |\n' "in front" "mode" "probe 200 %" "probe p50 ms" "probe p99 ms" "slowhttptest connected" "peak RSS MiB" "as they leave %" "as they leave p99"
+printf '|%s|%s|%s|%s|%s|%s|%s|%s|%s|\n' "---------------" "------------" "--------------:" "--------------:" "--------------:" "-----------------------:" "--------------:" "----------------:" "------------------:"
+while IFS=$'\t' read -r tgt mode pct p50 p99 ok sent connected peak lpct lp99; do
   name=$tgt
   [[ $tgt == app ]] && name="none (app)"
-  printf '| %-13s | %-10s | %13s | %13s | %13s | %22s | %13s |\n' "$name" "$mode" "$pct" "$p50" "$p99" "$connected" \
-    "$(awk -v k="$peak" 'BEGIN{printf "%.0f", k/1024}')"
+  printf '| %-13s | %-10s | %13s | %13s | %13s | %22s | %13s | %15s | %17s |\n' "$name" "$mode" "$pct" "$p50" "$p99" "$connected" \
+    "$(awk -v k="$peak" 'BEGIN{printf "%.0f", k/1024}')" "$lpct" "$lp99"
 done <"$T/results.tsv"
 gk_body=$(awk -F'\t' '$1 == "gatekeeper" && $2 == "slowbody" {printf "%.0f", $9/1024}' "$T/results.tsv")
 [[ -n $gk_body ]] && echo && echo "gatekeeper peak RSS during the slow-body run: ${gk_body} MiB"

@@ -6,9 +6,17 @@
 //! as fast as it comes and the client takes it from a spool (memory, then an
 //! unlinked temporary file), so a slow reader never holds the upstream.
 //! Memory per body stays bounded either way.
+//!
+//! Every system call on a temporary file runs on tokio's blocking pool, never
+//! on a worker thread, which serves thousands of other connections: creating
+//! one, writing, reading, and above all the last close of an unlinked file,
+//! which frees its blocks (2,000 slow readers of 1 MiB answers leaving at once
+//! held each worker thread in `close` for 1–1.5 s, up to 85 ms a file, on ext4
+//! under write load: docs/hardening.md, finding D).
 
 use std::collections::VecDeque;
 use std::fs::File;
+use std::future::Future;
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -22,6 +30,7 @@ use futures_util::StreamExt;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use http_body_util::{BodyExt, StreamBody};
 use tokio::io::AsyncWriteExt;
+use tokio::task::JoinHandle;
 
 use crate::body::{self, Body, BoxError};
 
@@ -36,6 +45,49 @@ const RESPONSE_CHUNK: usize = 16 << 10;
 /// Where temporary files go: `buffering.dir`, else $TMPDIR, else /tmp.
 pub fn temp_dir(configured: Option<&Path>) -> PathBuf {
     configured.map_or_else(std::env::temp_dir, Path::to_path_buf)
+}
+
+/// Holds what owns a temporary file and drops it on the blocking pool: the
+/// last close of an unlinked file frees its blocks, which can take
+/// milliseconds. Empty only once dropped (or never filled).
+struct OffThread<T: Send + 'static>(Option<T>);
+
+impl<T: Send + 'static> Default for OffThread<T> {
+    fn default() -> Self {
+        OffThread(None)
+    }
+}
+
+/// Closes under way at once: thousands of answers ending together (slow
+/// readers leaving) would otherwise start a blocking thread each (~750 threads
+/// for 2,000, measured) for no gain, the freeing being the file system's work.
+static CLOSING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(8);
+
+impl<T: Send + 'static> Drop for OffThread<T> {
+    fn drop(&mut self) {
+        if let Some(v) = self.0.take() {
+            match tokio::runtime::Handle::try_current() {
+                Ok(rt) => drop(rt.spawn(async move {
+                    let _turn = CLOSING.acquire().await;
+                    let _ = tokio::task::spawn_blocking(move || drop(v)).await;
+                })),
+                Err(_) => drop(v),
+            }
+        }
+    }
+}
+
+/// Runs `f` on the blocking pool; a panic or a shut-down runtime is an I/O error.
+async fn blocking<R: Send + 'static>(f: impl FnOnce() -> io::Result<R> + Send + 'static) -> io::Result<R> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or_else(|e| Err(io::Error::other(e)))
+}
+
+/// A new unlinked temporary file in `dir`, created on the blocking pool.
+async fn new_temp_file(dir: &Path) -> io::Result<File> {
+    let dir = dir.to_path_buf();
+    blocking(move || tempfile::tempfile_in(dir)).await
 }
 
 /// Why a request body could not be taken whole.
@@ -54,9 +106,12 @@ pub enum RequestBodyError {
 /// A request body read in full.
 pub enum Buffered {
     Memory(Bytes),
-    /// An unlinked temporary file and the body's length.
-    File(File, u64),
+    /// An unlinked temporary file (read from the start) and the body's length.
+    File(FileBody, u64),
 }
+
+/// A request body waiting in an unlinked temporary file.
+pub struct FileBody(OffThread<File>);
 
 impl Buffered {
     pub fn len(&self) -> u64 {
@@ -74,12 +129,25 @@ impl Buffered {
         match self {
             Buffered::Memory(b) if b.is_empty() => body::empty(),
             Buffered::Memory(b) => body::full(b),
-            Buffered::File(f, len) => {
-                let stream = tokio_util::io::ReaderStream::with_capacity(tokio::fs::File::from_std(f), CHUNK)
-                    .map(|r| r.map(Frame::data).map_err(BoxError::from));
+            Buffered::File(FileBody(mut f), len) => {
+                let Some(f) = f.0.take() else { return body::empty() };
+                let reader = tokio_util::io::ReaderStream::with_capacity(tokio::fs::File::from_std(f), CHUNK);
+                let stream = OffThread(Some(reader)).map(|r| r.map(Frame::data).map_err(BoxError::from));
                 // The length is known: say so, so hyper sends Content-Length, not chunks.
                 body::Sized::new(BodyExt::boxed(StreamBody::new(stream)), len).boxed()
             }
+        }
+    }
+}
+
+/// The request body's file stream, closed off the worker thread when dropped.
+impl<S: futures_util::Stream + Send + Unpin + 'static> futures_util::Stream for OffThread<S> {
+    type Item = S::Item;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<S::Item>> {
+        match self.0.as_mut() {
+            Some(s) => s.poll_next_unpin(cx),
+            None => Poll::Ready(None),
         }
     }
 }
@@ -125,7 +193,8 @@ where
     B::Error: Into<BoxError>,
 {
     let mut mem = BytesMut::new();
-    let mut file: Option<(tokio::fs::File, File)> = None;
+    // The file to write and a handle to read it back (dropped off the worker on every way out).
+    let mut file: OffThread<(tokio::fs::File, File)> = OffThread(None);
     let mut total: u64 = 0;
     // One timer for the whole body, moved on only when it fires: a slow client
     // trickling bytes would otherwise cost a timer registration per chunk.
@@ -156,29 +225,28 @@ where
         if total > max {
             return Err(RequestBodyError::TooLarge(max));
         }
-        match &mut file {
+        match &mut file.0 {
             None if mem.len() + data.len() <= memory => mem.extend_from_slice(&data),
             None => {
-                let std_file = tempfile::tempfile_in(dir).map_err(RequestBodyError::Disk)?;
+                let std_file = new_temp_file(dir).await.map_err(RequestBodyError::Disk)?;
                 let clone = std_file.try_clone().map_err(RequestBodyError::Disk)?;
-                let mut f = tokio::fs::File::from_std(std_file);
+                let (f, _) = file.0.insert((tokio::fs::File::from_std(std_file), clone));
                 f.write_all(&mem).await.map_err(RequestBodyError::Disk)?;
                 f.write_all(&data).await.map_err(RequestBodyError::Disk)?;
                 mem = BytesMut::new();
-                file = Some((f, clone));
             }
             Some((f, _)) => f.write_all(&data).await.map_err(RequestBodyError::Disk)?,
         }
     }
-    match file {
+    match &mut file.0 {
         None => Ok(Buffered::Memory(mem.freeze())),
-        Some((mut f, clone)) => {
+        Some((f, clone)) => {
             f.flush().await.map_err(RequestBodyError::Disk)?;
-            drop(f);
-            let mut clone = clone;
             use std::io::Seek;
             clone.seek(io::SeekFrom::Start(0)).map_err(RequestBodyError::Disk)?;
-            Ok(Buffered::File(clone, total))
+            // The clone keeps the file open: the writer's close is not the last one.
+            let clone = clone.try_clone().map_err(RequestBodyError::Disk)?;
+            Ok(Buffered::File(FileBody(OffThread(Some(clone))), total))
         }
     }
 }
@@ -198,7 +266,8 @@ struct SpoolState {
     /// Handed to the client's connection and not yet written to its socket
     /// (hyper queues what it pulls): still in RAM, so it counts against `memory`.
     in_flight: usize,
-    file: Option<Arc<File>>,
+    /// Created by the first write that needs it.
+    file: OffThread<Arc<File>>,
     write_pos: u64,
     /// A write to the file is under way (off the runtime): the file must not be reset meanwhile.
     writing: bool,
@@ -213,6 +282,8 @@ struct SpoolState {
 struct SpoolBody {
     state: Arc<Mutex<SpoolState>>,
     hint: SizeHint,
+    /// A read of the file under way (on the blocking pool), at most one.
+    reading: Option<JoinHandle<io::Result<Vec<u8>>>>,
 }
 
 impl Drop for SpoolBody {
@@ -227,8 +298,14 @@ impl HttpBody for SpoolBody {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let mut guard = match self.state.lock() {
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        if let Some(read) = &mut this.reading {
+            let res = std::task::ready!(Pin::new(read).poll(cx)).unwrap_or_else(|e| Err(io::Error::other(e)));
+            this.reading = None;
+            return Poll::Ready(Some(this.read_done(res)));
+        }
+        let mut guard = match this.state.lock() {
             Ok(g) => g,
             Err(_) => return Poll::Ready(Some(Err("response spool poisoned".into()))),
         };
@@ -236,10 +313,10 @@ impl HttpBody for SpoolBody {
         if let Some(b) = s.mem.pop_front() {
             s.mem_bytes -= b.len();
             s.in_flight += b.len();
-            return Poll::Ready(Some(Ok(Frame::data(in_flight(b, &self.state)))));
+            return Poll::Ready(Some(Ok(Frame::data(in_flight(b, &this.state)))));
         }
         if s.read_pos < s.write_pos {
-            if let Some(f) = &s.file {
+            if let Some(f) = &s.file.0 {
                 let n = usize::try_from(s.write_pos - s.read_pos)
                     .unwrap_or(RESPONSE_CHUNK)
                     .min(RESPONSE_CHUNK);
@@ -251,21 +328,14 @@ impl HttpBody for SpoolBody {
                     s.waker = Some(cx.waker().clone());
                     return Poll::Pending;
                 }
-                let mut buf = vec![0u8; n];
-                return match f.read_exact_at(&mut buf, s.read_pos) {
-                    Ok(()) => {
-                        s.read_pos += n as u64;
-                        if s.read_pos == s.write_pos && !s.writing {
-                            // Drained: start over at the beginning and give the space back.
-                            s.read_pos = 0;
-                            s.write_pos = 0;
-                            let _ = f.set_len(0);
-                        }
-                        s.in_flight += n;
-                        Poll::Ready(Some(Ok(Frame::data(in_flight(buf, &self.state)))))
-                    }
-                    Err(e) => Poll::Ready(Some(Err(e.into()))),
-                };
+                let (f, pos) = (f.clone(), s.read_pos);
+                drop(guard);
+                this.reading = Some(tokio::task::spawn_blocking(move || {
+                    let mut buf = vec![0u8; n];
+                    f.read_exact_at(&mut buf, pos).map(|()| buf)
+                }));
+                // Polled at once: the task's completion must wake this one.
+                return Pin::new(this).poll_frame(cx);
             }
         }
         if let Some(e) = s.error.take() {
@@ -287,6 +357,25 @@ impl HttpBody for SpoolBody {
 
     fn size_hint(&self) -> SizeHint {
         self.hint
+    }
+}
+
+impl SpoolBody {
+    /// A file read has finished: hand its bytes on.
+    fn read_done(&mut self, res: io::Result<Vec<u8>>) -> Result<Frame<Bytes>, BoxError> {
+        let buf = res?;
+        let mut s = self.state.lock().map_err(|_| "response spool poisoned")?;
+        s.read_pos += buf.len() as u64;
+        if s.read_pos == s.write_pos && !s.writing {
+            // Drained: the next write starts over at the beginning, so the file
+            // grows no larger than the most that ever waited in it. Not
+            // truncated: that frees blocks, on this thread (the close does it).
+            s.read_pos = 0;
+            s.write_pos = 0;
+        }
+        s.in_flight += buf.len();
+        drop(s);
+        Ok(Frame::data(in_flight(buf, &self.state)))
     }
 }
 
@@ -337,6 +426,7 @@ where
     let body = SpoolBody {
         state: state.clone(),
         hint,
+        reading: None,
     };
     tokio::spawn(fill_spool(upstream, state, dir));
     body.boxed()
@@ -364,10 +454,8 @@ where
                 }
                 Some(Ok(frame)) => {
                     if let Ok(data) = frame.into_data() {
-                        match place(&mut s, data, &dir) {
-                            Ok(Placed::Memory) => {}
-                            Ok(Placed::File { file, pos, data }) => write = Some((file, pos, data)),
-                            Err(e) => disk_failed(&mut s, e, &dir),
+                        if let Placed::File { file, pos, data } = place(&mut s, data, &dir) {
+                            write = Some((file, pos, data));
                         }
                     }
                 }
@@ -378,13 +466,21 @@ where
             let len = data.len() as u64;
             // Disk writes can stall (dirty-page throttling): never on a worker thread,
             // which serves many other connections.
-            let res = tokio::task::spawn_blocking(move || file.write_all_at(&data, pos))
-                .await
-                .unwrap_or_else(|e| Err(io::Error::other(e)));
+            let res = blocking(move || {
+                let file = match file {
+                    Spill::To(f) => f,
+                    Spill::CreateIn(dir) => Arc::new(tempfile::tempfile_in(dir)?),
+                };
+                file.write_all_at(&data, pos).map(|()| file)
+            })
+            .await;
             let Ok(mut s) = state.lock() else { return };
             s.writing = false;
             match res {
-                Ok(()) => s.write_pos += len,
+                Ok(file) => {
+                    s.file.0.get_or_insert(file);
+                    s.write_pos += len;
+                }
                 Err(e) => disk_failed(&mut s, e, &dir),
             }
         }
@@ -410,40 +506,46 @@ enum Placed {
     Memory,
     /// To be written at `pos` in the spool file (the caller does the I/O).
     File {
-        file: Arc<File>,
+        file: Spill,
         pos: u64,
         data: Bytes,
     },
 }
 
-fn place(s: &mut SpoolState, data: Bytes, dir: &Path) -> io::Result<Placed> {
+/// The spool file, or where to create it.
+enum Spill {
+    To(Arc<File>),
+    CreateIn(PathBuf),
+}
+
+fn place(s: &mut SpoolState, data: Bytes, dir: &Path) -> Placed {
     // Order matters: once bytes wait in the file, later bytes go behind them.
     let file_pending = s.read_pos < s.write_pos;
     if !file_pending && s.mem_bytes + s.in_flight + data.len() <= s.memory {
         s.mem_bytes += data.len();
         s.mem.push_back(data.to_vec());
-        return Ok(Placed::Memory);
+        return Placed::Memory;
     }
-    let file = match &s.file {
-        Some(f) => f.clone(),
-        None => {
-            let f = Arc::new(tempfile::tempfile_in(dir)?);
-            s.file = Some(f.clone());
-            f
-        }
-    };
     s.writing = true;
-    Ok(Placed::File {
+    let file = match &s.file.0 {
+        Some(f) => Spill::To(f.clone()),
+        None => Spill::CreateIn(dir.to_path_buf()),
+    };
+    Placed::File {
         file,
         pos: s.write_pos,
         data,
-    })
+    }
 }
 
 /// `place` and the write in one go (for tests).
 #[cfg(test)]
 fn push(s: &mut SpoolState, data: Bytes, dir: &Path) -> io::Result<()> {
-    if let Placed::File { file, pos, data } = place(s, data, dir)? {
+    if let Placed::File { file, pos, data } = place(s, data, dir) {
+        let file = match file {
+            Spill::To(f) => f,
+            Spill::CreateIn(dir) => s.file.0.insert(Arc::new(tempfile::tempfile_in(dir)?)).clone(),
+        };
         file.write_all_at(&data, pos)?;
         s.write_pos += data.len() as u64;
         s.writing = false;
@@ -544,6 +646,7 @@ mod tests {
         let body = SpoolBody {
             state: Arc::new(Mutex::new(s)),
             hint: SizeHint::default(),
+            reading: None,
         };
         assert_eq!(collect(body.boxed()).await, b"aaabbbccccddddee");
         let parts: Vec<&'static [u8]> = vec![b"aaaa", b"bbbb", b"cccc", b"dddd", b"ee"];

@@ -43,6 +43,8 @@ pub mod forward;
 pub mod framing;
 /// Atomic file writes; the directory a path lives in.
 pub mod fsutil;
+/// Free heap pages back to the system after a wave of connections.
+pub mod heap;
 /// The audit trail: `<toggle>.history`.
 pub mod history;
 /// Holding requests during a pause.

@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::facts::Conn;
+use crate::heap;
 use crate::linger;
 use crate::park;
 use crate::pipeline;
@@ -148,11 +149,13 @@ pub async fn accept_loop(
     }
 }
 
+/// Counts the connection open until dropped; a wave of them ending gives the
+/// allocator's free pages back ([`heap`]).
 fn count_open(state: &State) -> impl Drop + '_ {
     let open = &state.metrics.open_connections;
-    open.inc();
+    heap::opened(open.inc() + 1);
     scopeguard(move || {
-        open.dec();
+        heap::closed(open.dec() - 1);
     })
 }
 

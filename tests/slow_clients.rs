@@ -374,6 +374,8 @@ impl Mode {
 struct SlowRun {
     /// Most connections slowhttptest had open at once (its CSV).
     max_connected: usize,
+    /// Per second of its CSV: connections opened so far (closed + pending + connected).
+    opened: Vec<(u64, usize)>,
     csv: String,
     output: String,
 }
@@ -414,17 +416,78 @@ fn run_slowhttptest(bin: &Path, mode: Mode, url: &str, conns: usize, rate: usize
     let csv = std::fs::read_to_string(prefix.with_extension("csv")).unwrap_or_default();
     let output = strip_ansi(&std::fs::read_to_string(out.join(format!("st-{mode:?}.log"))).unwrap_or_default());
     // Seconds,Closed,Pending,Connected,Service Available
-    let max_connected = csv
+    let rows: Vec<Vec<usize>> = csv
         .lines()
         .skip(1)
-        .filter_map(|l| l.split(',').nth(3)?.trim().parse::<usize>().ok())
-        .max()
-        .unwrap_or(0);
+        .map(|l| l.split(',').filter_map(|v| v.trim().parse().ok()).collect())
+        .filter(|r: &Vec<usize>| r.len() >= 4)
+        .collect();
+    let max_connected = rows.iter().map(|r| r[3]).max().unwrap_or(0);
+    let opened = rows.iter().map(|r| (r[0] as u64, r[1] + r[2] + r[3])).collect();
     SlowRun {
         max_connected,
+        opened,
         csv,
         output,
     }
+}
+
+impl SlowRun {
+    /// Connections slowhttptest opened during the run.
+    fn opened_total(&self) -> usize {
+        self.opened.iter().map(|&(_, n)| n).max().unwrap_or(0)
+    }
+
+    /// The most connections it opened within `window` seconds: how many it
+    /// could have held at once if each lives that long. On a loaded machine
+    /// slowhttptest opens them slower than its `-r`, and gatekeeper closes a
+    /// slowloris connection `header_timeout` after it opened.
+    fn opened_within(&self, window: u64) -> usize {
+        let before = |t: u64| {
+            self.opened
+                .iter()
+                .filter(|&&(u, _)| u + window <= t)
+                .map(|&(_, n)| n)
+                .max()
+                .unwrap_or(0)
+        };
+        self.opened
+            .iter()
+            .map(|&(t, n)| n - before(t).min(n))
+            .max()
+            .unwrap_or(0)
+    }
+}
+
+/// The pace bound of the 2,000-connection test, on slowhttptest CSVs.
+#[test]
+fn what_slowhttptest_could_hold_follows_its_own_pace() {
+    let run = |csv: &str| {
+        let rows: Vec<Vec<usize>> = csv
+            .lines()
+            .map(|l| l.split(',').filter_map(|v| v.parse().ok()).collect())
+            .collect();
+        SlowRun {
+            max_connected: rows.iter().map(|r| r[3]).max().unwrap_or(0),
+            opened: rows.iter().map(|r| (r[0] as u64, r[1] + r[2] + r[3])).collect(),
+            csv: String::new(),
+            output: String::new(),
+        }
+    };
+    // At its -r: all 2,000 within 2 s, held until the end.
+    let fast = run("0,0,1,0\n1,0,3,997\n2,0,0,2000\n11,0,0,2000\n12,0,0,2000");
+    assert_eq!((fast.opened_total(), fast.opened_within(9)), (2000, 2000));
+    // Starved: 150 a second; gatekeeper closes each slowloris connection 10 s after it opened.
+    let mut csv = String::new();
+    for t in 0..=13usize {
+        let opened = (150 * t).min(2000);
+        let closed = (150 * t.saturating_sub(10)).min(2000);
+        csv += &format!("{t},{closed},0,{}\n", opened - closed);
+    }
+    let slow = run(&csv);
+    assert_eq!(slow.opened_total(), 1950);
+    assert_eq!(slow.max_connected, 1500);
+    assert_eq!(slow.opened_within(9), 1350, "what it could hold at once");
 }
 
 /// The connection count for this machine's descriptor limit (with a note).
@@ -518,22 +581,39 @@ fn slowhttptest_2000_connections_three_modes_probes_get_200() {
                 report.summary()
             ));
         }
-        // slowhttptest is one thread: on the loaded 2-core machine it opened
-        // ~170 connections a second instead of 1,000 (seen twice), and
-        // header_timeout (10 s) closes the oldest slow heads meanwhile, so not
-        // all are open at once. 40 % is still 100 times the app's workers.
-        if run.max_connected * 5 < conns * 2 {
+        // The attack happened (nearly) in full: slowhttptest opened 95 % of
+        // its connections, and held as many at once as its own pace allowed.
+        // Slowloris connections live header_timeout (10 s, less a second of
+        // CSV sampling), the others the whole run; a slow opener (a loaded
+        // machine: 1,582 of 2,000 at once has been seen) lowers what "at once"
+        // can mean, a daemon that dropped connections early does not.
+        let opened = run.opened_total();
+        let lifetime = if mode == Mode::Slowloris { 9 } else { SLOW_SECS + 5 };
+        let could_hold = run.opened_within(lifetime).min(conns);
+        if opened * 100 < conns * 95 {
             fail(format!(
-                "slowhttptest held only {} of {conns} connections at once\n{}\n{}",
+                "slowhttptest opened only {opened} of {conns} connections in {SLOW_SECS} s\n{}\n{}",
+                run.csv, run.output
+            ));
+        }
+        if run.max_connected * 100 < could_hold * 97 {
+            fail(format!(
+                "slowhttptest held only {} connections at once, of the {could_hold} it opened within {lifetime} s \
+                 ({opened} opened in all)\n{}\n{}",
                 run.max_connected, run.csv, run.output
             ));
         }
+        if run.max_connected < conns {
+            eprintln!(
+                "NOTE: {}: slowhttptest held {} of {conns} at once (it opened {could_hold} within {lifetime} s: a slow machine)",
+                mode.name(),
+                run.max_connected
+            );
+        }
         // A slow reader's (small) answer fits into the daemon's socket send
         // buffer: the daemon is done with it and may drop the connection as
-        // idle while slowhttptest still counts it as connected, the sooner
-        // the slower a loaded machine ramps the attack up. Half still shows
-        // that the attack reached gatekeeper.
-        // Measured against what slowhttptest really had open.
+        // idle while slowhttptest still counts it as connected. Half still
+        // shows that the attack reached gatekeeper.
         let must_hold = if mode == Mode::SlowRead {
             run.max_connected / 2
         } else {
