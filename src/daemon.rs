@@ -3,6 +3,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use sd_notify::NotifyState;
@@ -16,6 +17,9 @@ use crate::config::Config;
 use crate::runtime::Runtime;
 use crate::state::State;
 use crate::{admin, audit, fleet, logging, server, tls, toggle, watch};
+
+/// At exit, how long the last fleet change may take to reach `<toggle>.fleet` (one write, fsync included).
+const FLEET_SAVE_BOUND: Duration = Duration::from_secs(2);
 
 /// Runs until a stop signal; returns when every connection is drained (or the grace period ends).
 pub async fn run(config_path: &Path, config: Config) -> anyhow::Result<()> {
@@ -87,15 +91,15 @@ pub async fn run(config_path: &Path, config: Config) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();
     let wake = watch::spawn(state.clone(), shutdown.clone()).context("cannot start the toggle watcher")?;
-    if let Some(f) = &cfg.fleet {
+    let fleet_saved = cfg.fleet.as_ref().map(|f| {
         fleet::spawn(
             f.clone(),
             cfg.maintenance.toggle.clone(),
             state.clone(),
             wake.clone(),
             shutdown.clone(),
-        );
-    }
+        )
+    });
 
     let limit = Arc::new(Semaphore::new(cfg.server.max_connections));
     for l in plain.first().into_iter().flatten() {
@@ -176,6 +180,10 @@ pub async fn run(config_path: &Path, config: Config) -> anyhow::Result<()> {
     tracker.close();
     if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
         tracing::warn!(grace = ?grace, open = tracker.len(), "grace period over; closing remaining connections");
+    }
+    // The last fleet change seen is written to `<toggle>.fleet` (a write is under way at most).
+    if let Some(saved) = fleet_saved {
+        let _ = tokio::time::timeout(FLEET_SAVE_BOUND, saved).await;
     }
     tracing::info!("stopped");
     Ok(())

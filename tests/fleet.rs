@@ -493,7 +493,7 @@ fn gk_timed(args: &[&str]) -> (Output, Duration) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cli_flips_every_instance() {
     let _s = serial();
-    let f = Fleet::start("keep");
+    let mut f = Fleet::start("keep");
     let mut conns = f.conns().await;
     expect_all(&f, &mut conns, 200, FLIP_BOUND, "start").await;
     let cfg = f.nodes[0].cfg();
@@ -571,6 +571,17 @@ async fn cli_flips_every_instance() {
             "{log}"
         );
     }
+
+    // A flip is applied first and written to `<toggle>.fleet` after, yet written before
+    // the daemon exits: a stop right after a flip still leaves it there.
+    f.etcd.put("message = \"last words\"");
+    expect_all(&f, &mut conns[2..], 503, FLIP_BOUND, "fleet on, before the stop").await;
+    let mut gk = f.nodes[2].gk.take().unwrap();
+    gk.sigterm();
+    assert!(gk.wait_exit(Duration::from_secs(10)).is_some(), "no exit after SIGTERM");
+    let p = gatekeeper::fleet::persist_path(&f.nodes[2].fx.toggle());
+    let kept = std::fs::read_to_string(&p).unwrap();
+    assert!(kept.contains("last words") && kept.contains("\"on\":true"), "{kept}");
 }
 
 /// Writes made with etcdctl flip all three; the slowest instance's delay over 50 flips.

@@ -1,11 +1,16 @@
 //! The daemon's watcher: one session after another (connect, read, watch),
 //! each change published to the state and kept in `<toggle>.fleet`.
+//!
+//! The change is applied first; the file is written afterwards, by a task of
+//! its own: an fsync can take tens of milliseconds on a busy disk, and the
+//! next event must not wait behind it.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use etcd_client::{EventType, WatchOptions};
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::client::{classify, connect, explain, unreachable, FleetError};
@@ -25,11 +30,21 @@ const BACKOFF_MAX: Duration = Duration::from_secs(2);
 /// A watch that lived this long resets the backoff to its minimum.
 const STABLE: Duration = Duration::from_secs(5);
 
-/// Starts watching the key; every change goes to `state.set_fleet` followed by `wake.notify_one()`.
-pub fn spawn(cfg: Fleet, toggle: PathBuf, state: Arc<State>, wake: Wake, shutdown: CancellationToken) {
-    let persist = persist_path(&toggle);
+/// Starts watching the key; every change goes to `state.set_fleet` followed by `wake.notify_one()`,
+/// then to `<toggle>.fleet`. The handle ends once the watch has stopped (at `shutdown`) and the
+/// last change it saw is on disk.
+pub fn spawn(
+    cfg: Fleet,
+    toggle: PathBuf,
+    state: Arc<State>,
+    wake: Wake,
+    shutdown: CancellationToken,
+) -> JoinHandle<()> {
+    let path = persist_path(&toggle);
     // `restore` has already said what is wrong with the file, if anything.
-    let known = load_known(&cfg, &persist, false).unwrap_or_default();
+    let known = load_known(&cfg, &path, false).unwrap_or_default();
+    let (persist, pending) = tokio::sync::watch::channel(known.clone());
+    let saved = tokio::spawn(keep(cfg.key.clone(), path, pending));
     let published = state.snapshot().fleet.clone();
     let runner = Runner {
         cfg,
@@ -45,15 +60,44 @@ pub fn spawn(cfg: Fleet, toggle: PathBuf, state: Arc<State>, wake: Wake, shutdow
         outage_logged: false,
         lost_at: SystemTime::now(),
         lost_instant: Instant::now(),
-        persist_warned: false,
         published,
     };
     tokio::spawn(runner.run());
+    saved
+}
+
+/// Writes each state `pending` receives to `path`, in order, off the watch's task; when
+/// several arrive during one write, only the latest is written next. Ends when the
+/// watch has stopped and the last state is written.
+async fn keep(key: String, path: PathBuf, mut pending: tokio::sync::watch::Receiver<Known>) {
+    let mut warned = false;
+    while pending.changed().await.is_ok() {
+        let known = pending.borrow_and_update().clone();
+        let (k, p) = (key.clone(), path.clone());
+        let result = match tokio::task::spawn_blocking(move || save_known(&k, &known, &p)).await {
+            Ok(r) => r.map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        match result {
+            Ok(()) => warned = false,
+            Err(e) if !warned => {
+                warned = true;
+                tracing::warn!(
+                    source = "fleet",
+                    file = %path.display(),
+                    error = %e,
+                    "cannot keep the last known fleet state; a restart during an etcd outage will not know it"
+                );
+            }
+            Err(_) => {}
+        }
+    }
 }
 
 struct Runner {
     cfg: Fleet,
-    persist: PathBuf,
+    /// To [`keep`]: the state to write to `<toggle>.fleet`.
+    persist: tokio::sync::watch::Sender<Known>,
     state: Arc<State>,
     wake: Wake,
     shutdown: CancellationToken,
@@ -66,7 +110,6 @@ struct Runner {
     outage_logged: bool,
     lost_at: SystemTime,
     lost_instant: Instant,
-    persist_warned: bool,
     published: Option<FleetView>,
 }
 
@@ -289,25 +332,10 @@ impl Runner {
         }
         let changed = next != self.known;
         self.known = next;
+        // Applied first; written to disk afterwards, by `keep`.
         self.publish(cause);
         if changed {
-            self.save();
-        }
-    }
-
-    fn save(&mut self) {
-        match save_known(&self.cfg.key, &self.known, &self.persist) {
-            Ok(()) => self.persist_warned = false,
-            Err(e) if !self.persist_warned => {
-                self.persist_warned = true;
-                tracing::warn!(
-                    source = "fleet",
-                    file = %self.persist.display(),
-                    error = %e,
-                    "cannot keep the last known fleet state; a restart during an etcd outage will not know it"
-                );
-            }
-            Err(_) => {}
+            self.persist.send_replace(self.known.clone());
         }
     }
 
