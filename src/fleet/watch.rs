@@ -393,6 +393,36 @@ fn round_ms(d: Duration) -> Duration {
 mod tests {
     use super::*;
 
+    #[tokio::test]
+    async fn keep_writes_the_latest_state_before_it_ends() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.fleet");
+        let cfg = crate::fleet::testing::cfg(OnError::Keep);
+        let known = |revision| Known {
+            on: revision % 2 == 1,
+            value: (revision % 2 == 1).then(|| format!("message = \"{revision}\"")),
+            revision,
+            last_change: None,
+        };
+
+        // The state it starts from is on disk already: nothing to write.
+        let (tx, rx) = tokio::sync::watch::channel(known(1));
+        drop(tx);
+        keep(cfg.key.clone(), path.clone(), rx).await;
+        assert!(!path.exists());
+
+        // Changes sent faster than they are written: the last one is on disk when it ends.
+        let (tx, rx) = tokio::sync::watch::channel(Known::default());
+        let saved = tokio::spawn(keep(cfg.key.clone(), path.clone(), rx));
+        for rev in 1..=5 {
+            tx.send_replace(known(rev));
+            tokio::task::yield_now().await;
+        }
+        drop(tx);
+        saved.await.unwrap();
+        assert_eq!(load_known(&cfg, &path, true), Some(known(5)));
+    }
+
     #[test]
     fn backoff_jitter_stays_in_bounds() {
         for _ in 0..200 {
