@@ -311,14 +311,29 @@ impl Worker {
     fn spawn(self) -> std::io::Result<()> {
         // I/O and timers only: signals and child processes (hooks) are the main
         // runtime's, and their driver would cost every worker park a check.
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_io()
-            .enable_time()
-            .build()?;
+        let mut rt = tokio::runtime::Builder::new_current_thread();
+        rt.enable_io().enable_time();
+        // Scheduling knobs for bench/latency.sh; tokio's defaults otherwise.
+        if let Some(n) = crate::ab::tune("GATEKEEPER_EVENT_INTERVAL") {
+            rt.event_interval(n);
+        }
+        if let Some(n) = crate::ab::tune("GATEKEEPER_GLOBAL_QUEUE_INTERVAL") {
+            rt.global_queue_interval(n);
+        }
+        if let Some(n) = crate::ab::tune("GATEKEEPER_MAX_IO_EVENTS") {
+            rt.max_io_events_per_tick(n as usize);
+        }
+        let rt = rt.build()?;
         std::thread::Builder::new()
             .name(format!("gatekeeper-worker-{}", self.id))
             .spawn(move || {
+                crate::ab::init();
+                if !crate::ab::old(2) {
+                    crate::metrics::set_worker(self.id);
+                }
+                crate::timers::set_worker();
                 rt.block_on(async move {
+                    let local = server::Local::new(self.state.clone(), &self.shutdown);
                     let tls = self.acceptor.clone();
                     let sets = [(self.plain, None), (self.tls, tls)];
                     for (listeners, acceptor) in sets {
@@ -327,9 +342,8 @@ impl Worker {
                                 Ok(l) => {
                                     tokio::spawn(server::accept_loop(
                                         l,
-                                        self.state.clone(),
+                                        local.clone(),
                                         self.limit.clone(),
-                                        self.shutdown.clone(),
                                         self.tracker.clone(),
                                         acceptor.clone(),
                                     ));

@@ -6,6 +6,8 @@
 //! to the upstream; everyone else gets a static 503 page.
 
 /// The admin endpoint: /metrics, /status, /healthz.
+/// A/B switches for `bench/ab.sh`.
+pub mod ab;
 pub mod admin;
 /// IP sets (allowlist, trusted proxies) with O(log n) lookups.
 pub mod allowlist;
@@ -87,6 +89,8 @@ pub mod stall;
 pub mod state;
 /// HTTP's token grammar.
 pub mod syntax;
+/// Timers a worker thread reuses (the upstream timeout).
+pub mod timers;
 /// TLS: certificates (hot-reloaded, SNI) and the rustls server config.
 pub mod tls;
 /// Toggle file content, reading, atomic writing.

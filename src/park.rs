@@ -82,7 +82,8 @@ impl Default for Shared {
 }
 
 impl Shared {
-    fn mark_waiting(&self) {
+    /// The wait for the next head begins now ([`Parkable`] bounds it by `header_timeout`).
+    pub fn mark_waiting(&self) {
         let ns = u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
         self.waiting_since.store(ns, Relaxed);
     }
@@ -207,10 +208,10 @@ enum Idle {
 }
 
 impl Parkable {
-    /// `header_timeout` bounds the wait for each request head; hyper's own
-    /// header timeout is off for connections served through this wrapper.
+    /// `header_timeout` bounds the wait for each request head, the first from
+    /// the last [`Shared::mark_waiting`]; hyper's own header timeout is off for
+    /// connections served through this wrapper.
     pub fn new(stream: TcpStream, shared: Arc<Shared>, header_timeout: Duration) -> Self {
-        shared.mark_waiting();
         Parkable {
             stream: Some(stream),
             shared,

@@ -286,7 +286,7 @@ fn record(
         state.untrusted.saw(conn.peer.ip(), header, Instant::now());
     }
     let status = resp.status().as_u16();
-    state.metrics.request(decision, status, outcome, elapsed.as_secs_f64());
+    state.metrics.request(decision, status, outcome, elapsed);
     if let Some(line) = line {
         let client = g
             .resolved

@@ -3,7 +3,9 @@
 //! keep-alive connections; every request goes to [`crate::pipeline::handle`].
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -58,15 +60,36 @@ pub fn bind(
     Ok(out)
 }
 
-/// Accepts on `listener` until `shutdown`, serving each connection in `tracker`.
+/// What one worker's connections share: the daemon's state and a stop signal
+/// of the worker's own (a child of the daemon's). Every request clones the
+/// handle and every poll of a connection checks the signal: per worker, both
+/// live on cache lines the other workers never write.
+pub struct Local {
+    pub state: Arc<State>,
+    pub shutdown: CancellationToken,
+}
+
+impl Local {
+    /// The handle for worker threads; `shutdown` is the daemon's.
+    pub fn new(state: Arc<State>, shutdown: &CancellationToken) -> Arc<Local> {
+        let shutdown = if crate::ab::old(1) {
+            shutdown.clone()
+        } else {
+            shutdown.child_token()
+        };
+        Arc::new(Local { state, shutdown })
+    }
+}
+
+/// Accepts on `listener` until the worker stops, serving each connection in `tracker`.
 pub async fn accept_loop(
     listener: TcpListener,
-    state: Arc<State>,
+    local: Arc<Local>,
     limit: Arc<Semaphore>,
-    shutdown: CancellationToken,
     tracker: TaskTracker,
     tls: Option<tokio_rustls::TlsAcceptor>,
 ) {
+    let shutdown = &local.shutdown;
     let mut last_warning: Option<std::time::Instant> = None;
     let mut last_full: Option<std::time::Instant> = None;
     loop {
@@ -106,36 +129,36 @@ pub async fn accept_loop(
             }
         };
         let _ = stream.set_nodelay(true);
-        let state = state.clone();
-        let shutdown = shutdown.clone();
+        let local = local.clone();
         let tls = tls.clone();
         // Two spawns, not one future with two arms: a task is as large as its
         // future, and every plain connection would carry the TLS arm's size.
         match tls {
             None => {
                 tracker.spawn(async move {
-                    serve_plain(stream, peer, state, shutdown).await;
+                    serve_plain(stream, peer, local).await;
                     drop(permit);
                 });
             }
             Some(acceptor) => {
                 tracker.spawn(async move {
+                    let (state, shutdown) = (&local.state, &local.shutdown);
                     // The handshake counts against the header timeout: a silent client is dropped.
                     let limit = state.snapshot().rt.config.server.header_timeout;
                     match tokio::time::timeout(limit, acceptor.accept(stream)).await {
                         Ok(Ok(tls_stream)) => {
-                            let _open = count_open(&state);
+                            let _open = count_open(state);
                             // HTTP/2 ends its streams itself; an HTTP/1.1 connection
                             // may end with a body unread: kept for a lingering close.
                             if tls_stream.get_ref().1.alpn_protocol() == Some(b"h2") {
-                                serve_connection(tls_stream, peer, state.clone(), &shutdown, true, None).await;
+                                serve_connection(tls_stream, peer, &local, true, None, Proto::Auto).await;
                             } else {
                                 let io = linger::Returning::new(tls_stream);
                                 let slot = io.slot();
-                                serve_connection(io, peer, state.clone(), &shutdown, true, None).await;
+                                serve_connection(io, peer, &local, true, None, Proto::Auto).await;
                                 if let Some(s) = linger::take(&slot) {
                                     let linger = state.snapshot().rt.config.server.linger;
-                                    linger::drain(s, linger, &state.metrics, &shutdown).await;
+                                    linger::drain(s, linger, &state.metrics, shutdown).await;
                                 }
                             }
                         }
@@ -161,27 +184,32 @@ fn count_open(state: &State) -> impl Drop + '_ {
 
 /// A plain-TCP connection: served by hyper while active, parked in between
 /// (see [`park`]) so that an idle keep-alive connection holds no HTTP buffers.
-async fn serve_plain(mut stream: TcpStream, peer: SocketAddr, state: Arc<State>, shutdown: CancellationToken) {
-    let _open = count_open(&state);
+async fn serve_plain(mut stream: TcpStream, peer: SocketAddr, local: Arc<Local>) {
+    let (state, shutdown) = (&local.state, &local.shutdown);
+    let _open = count_open(state);
     let shared = Arc::new(park::Shared::default());
     loop {
         let header_timeout = state.snapshot().rt.config.server.header_timeout;
+        shared.mark_waiting();
+        let proto = if crate::ab::old(16) {
+            Proto::Auto
+        } else if shared.served() {
+            // Back from parking: HTTP/1.1 requests came before, so HTTP/1.1 it is.
+            Proto::Http1
+        } else {
+            match sniff(&stream, header_timeout, shutdown).await {
+                Some(p) => p,
+                None => return,
+            }
+        };
         let io = park::Parkable::new(stream, shared.clone(), header_timeout);
         // Boxed: a parked connection's task then carries no hyper state.
-        let clean = Box::pin(serve_connection(
-            io,
-            peer,
-            state.clone(),
-            &shutdown,
-            false,
-            Some(shared.clone()),
-        ))
-        .await;
+        let clean = Box::pin(serve_connection(io, peer, &local, false, Some(shared.clone()), proto)).await;
         let parked = shared.take_parked();
         let (true, Some(s)) = (clean, parked) else {
             if let Some(s) = shared.take_closing() {
                 let linger = state.snapshot().rt.config.server.linger;
-                linger::drain(s, linger, &state.metrics, &shutdown).await;
+                linger::drain(s, linger, &state.metrics, shutdown).await;
             }
             return;
         };
@@ -200,60 +228,118 @@ async fn serve_plain(mut stream: TcpStream, peer: SocketAddr, state: Arc<State>,
     }
 }
 
+/// Which of hyper's servers a connection gets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Proto {
+    Http1,
+    /// HTTP/2 with prior knowledge (h2c).
+    Http2,
+    /// hyper-util's: reads the first bytes itself (TLS, and a plain connection
+    /// whose first bytes left it open).
+    Auto,
+}
+
+/// HTTP/2's connection preface (RFC 9113 §3.4).
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Tells h2c from HTTP/1.1 by the first bytes of a new plain connection,
+/// peeked (they stay for hyper): hyper-util's version sniffing would wrap every
+/// later read and poll of the connection. None: nothing came within `limit`, or
+/// the daemon stops.
+async fn sniff(stream: &TcpStream, limit: Duration, shutdown: &CancellationToken) -> Option<Proto> {
+    let mut buf = [0u8; H2_PREFACE.len()];
+    let n = tokio::select! {
+        r = tokio::time::timeout(limit, stream.peek(&mut buf)) => match r {
+            Ok(Ok(n)) => n,
+            _ => return None,
+        },
+        _ = shutdown.cancelled() => return None,
+    };
+    Some(match buf.get(..n) {
+        // The client closed: hyper ends cleanly on it.
+        _ if n == 0 => Proto::Http1,
+        Some(b) if b == H2_PREFACE => Proto::Http2,
+        // Part of the preface so far (a client writing it piecewise): let hyper-util read on.
+        Some(b) if H2_PREFACE.starts_with(b) => Proto::Auto,
+        _ => Proto::Http1,
+    })
+}
+
 /// Serves `stream` until hyper is done with it; true when it ended cleanly.
 async fn serve_connection<I>(
     stream: I,
     peer: SocketAddr,
-    state: Arc<State>,
-    shutdown: &CancellationToken,
+    local: &Arc<Local>,
     https: bool,
     park: Option<Arc<park::Shared>>,
+    proto: Proto,
 ) -> bool
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    let (state, shutdown) = (&local.state, &local.shutdown);
     let limits = state.snapshot().rt.config.server.clone();
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        // Plain connections have theirs enforced by the parking wrapper, cheaper.
-        .header_read_timeout(park.is_none().then_some(limits.header_timeout))
-        .max_buf_size(limits.max_header_size.max(8192))
-        .max_headers(limits.max_headers);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(256)
-        .max_header_list_size(u32::try_from(limits.max_header_size).unwrap_or(u32::MAX))
-        .keep_alive_interval(Some(Duration::from_secs(30)));
-    if park.as_ref().is_some_and(|p| p.served()) {
-        builder = builder.http1_only();
-    }
+    // Plain connections have their header timeout enforced by the parking wrapper, cheaper.
+    let header_timeout = park.is_none().then_some(limits.header_timeout);
+    let served = park.as_ref().is_some_and(|p| p.served());
+    let local = local.clone();
     let svc = service_fn(move |req: Request<Incoming>| {
         let guard = match &park {
             Some(p) => p.begin(&req),
             None => park::Guard::none(),
         };
-        let state = state.clone();
+        let handle = if crate::ab::old(4) {
+            Handle::Shared(local.state.clone())
+        } else {
+            Handle::Worker(local.clone())
+        };
         async move {
+            let state = handle.state();
             let conn = Conn {
                 peer,
                 https,
                 https_port: state.https_port(),
             };
-            let resp = pipeline::handle(req, &conn, &state).await;
+            let resp = pipeline::handle(req, &conn, state).await;
             guard.answered(&resp);
             Ok::<_, Infallible>(resp.map(|b| park::Tracked::new(b, guard)))
         }
     });
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
-    tokio::pin!(conn);
-    let r = tokio::select! {
-        r = conn.as_mut() => r,
-        _ = shutdown.cancelled() => {
-            conn.as_mut().graceful_shutdown();
-            conn.await
+    let io = TokioIo::new(stream);
+    let r = match proto {
+        Proto::Http1 => {
+            let mut b = hyper::server::conn::http1::Builder::new();
+            b.timer(TokioTimer::new())
+                .header_read_timeout(header_timeout)
+                .max_buf_size(limits.max_header_size.max(8192))
+                .max_headers(limits.max_headers);
+            let conn = b.serve_connection(io, svc).with_upgrades();
+            drive(conn, shutdown, |c| c.graceful_shutdown())
+                .await
+                .map_err(Into::into)
+        }
+        Proto::Http2 => {
+            let mut b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+            b.settings(&limits);
+            let conn = b.serve_connection(io, svc);
+            drive(conn, shutdown, |c| c.graceful_shutdown())
+                .await
+                .map_err(Into::into)
+        }
+        Proto::Auto => {
+            let mut builder = auto::Builder::new(TokioExecutor::new());
+            builder
+                .http1()
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_timeout)
+                .max_buf_size(limits.max_header_size.max(8192))
+                .max_headers(limits.max_headers);
+            builder.http2().settings(&limits);
+            if served {
+                builder = builder.http1_only();
+            }
+            let conn = builder.serve_connection_with_upgrades(io, svc);
+            drive(conn, shutdown, |c| c.graceful_shutdown()).await
         }
     };
     match r {
@@ -261,6 +347,61 @@ where
         Err(e) => {
             tracing::debug!(%peer, error = %e, "connection ended with an error");
             false
+        }
+    }
+}
+
+/// gatekeeper's HTTP/2 settings, on either builder (hyper's, and hyper-util's
+/// view of it for `Auto`: they share no trait).
+trait H2Settings {
+    fn settings(&mut self, limits: &crate::config::Server);
+}
+
+impl H2Settings for hyper::server::conn::http2::Builder<TokioExecutor> {
+    fn settings(&mut self, limits: &crate::config::Server) {
+        self.timer(TokioTimer::new())
+            .max_concurrent_streams(256)
+            .max_header_list_size(u32::try_from(limits.max_header_size).unwrap_or(u32::MAX))
+            .keep_alive_interval(Some(Duration::from_secs(30)));
+    }
+}
+
+impl H2Settings for auto::Http2Builder<'_, TokioExecutor> {
+    fn settings(&mut self, limits: &crate::config::Server) {
+        self.timer(TokioTimer::new())
+            .max_concurrent_streams(256)
+            .max_header_list_size(u32::try_from(limits.max_header_size).unwrap_or(u32::MAX))
+            .keep_alive_interval(Some(Duration::from_secs(30)));
+    }
+}
+
+/// Runs a connection to its end; when the daemon stops, asks it to finish
+/// gracefully (answer what is in flight, take nothing new) and waits for that.
+async fn drive<C, E>(conn: C, shutdown: &CancellationToken, graceful: fn(Pin<&mut C>)) -> Result<(), E>
+where
+    C: Future<Output = Result<(), E>>,
+{
+    let mut conn = std::pin::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => r,
+        _ = shutdown.cancelled() => {
+            graceful(conn.as_mut());
+            conn.await
+        }
+    }
+}
+
+/// AB (bit 4): the state's own reference count bumped by every request (old), or the worker's handle's.
+enum Handle {
+    Worker(Arc<Local>),
+    Shared(Arc<State>),
+}
+
+impl Handle {
+    fn state(&self) -> &State {
+        match self {
+            Handle::Worker(l) => &l.state,
+            Handle::Shared(s) => s,
         }
     }
 }

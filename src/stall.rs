@@ -181,9 +181,8 @@ pub async fn bounded<F: Future>(
     let start = Instant::now();
     let head_due = start + head;
     let first = send.map_or(head_due, |(_, limit)| (start + limit).min(head_due));
-    let timer = std::pin::pin!(tokio::time::sleep_until(first));
+    let mut timer = std::pin::pin!(crate::timers::Timer::at(first));
     let mut exchange = exchange;
-    let mut timer = timer;
     std::future::poll_fn(|cx| {
         if let Poll::Ready(v) = exchange.as_mut().poll(cx) {
             return Poll::Ready(Ok(v));
@@ -198,7 +197,7 @@ pub async fn bounded<F: Future>(
                 Some((Taken::LastAt(at), limit)) => (at + limit).min(head_due),
                 Some((Taken::All, _)) | None => head_due,
             };
-            timer.as_mut().reset(next);
+            timer.as_mut().get_mut().reset(next);
         }
         Poll::Pending
     })

@@ -463,3 +463,29 @@ async fn http10_upstream_answers_are_relayed_as_http11() {
         );
     }
 }
+
+/// gatekeeper tells h2c from HTTP/1.1 by peeking at a new connection's first
+/// bytes. A client whose first bytes are only the start of both ("P": PUT, or
+/// HTTP/2's "PRI *" preface) is still served, whatever follows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_bytes_that_could_be_either_protocol_are_waited_for() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let env = start();
+    for (first, rest) in [("P", "UT /echo HTTP/1.1\r\n"), ("PRI", " /echo HTTP/1.1\r\n")] {
+        let mut s = tokio::net::TcpStream::connect(env.gk.addr).await.expect("connect");
+        s.set_nodelay(true).expect("nodelay");
+        s.write_all(first.as_bytes()).await.expect("write");
+        // The pause under test: the first bytes arrive alone.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let head = format!("{rest}Host: example.test\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        s.write_all(head.as_bytes()).await.expect("write");
+        let mut out = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out))
+            .await
+            .expect("answered within 10 s")
+            .expect("read");
+        let text = String::from_utf8_lossy(&out);
+        // (PRI is a method name like any other to HTTP/1.1.)
+        assert!(text.starts_with("HTTP/1.1 200"), "{first}…: {text}");
+    }
+}

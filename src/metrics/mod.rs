@@ -3,16 +3,20 @@
 //! request is an array index and an atomic add — no lock, no allocation.
 
 use std::sync::atomic::AtomicU64;
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
+use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
 use crate::decision::Decision;
+
+mod requests;
+pub use requests::set_worker;
+use requests::Requests;
 
 const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
@@ -135,8 +139,7 @@ pub fn upstream_wait(connected: bool) {
 
 pub struct Metrics {
     registry: Registry,
-    requests: Vec<Counter>,
-    durations: Vec<Histogram>,
+    requests: Arc<Requests>,
     pub reloads_ok: Counter,
     pub reloads_failed: Counter,
     pub maintenance: Gauge,
@@ -166,35 +169,8 @@ impl Default for Metrics {
 impl Metrics {
     pub fn new() -> Metrics {
         let mut registry = Registry::with_prefix("gatekeeper");
-        let requests_f = Family::<RequestLabels, Counter>::default();
-        let mut requests = Vec::new();
-        for d in Decision::LABELS {
-            for c in CLASSES {
-                requests.push(
-                    requests_f
-                        .get_or_create(&RequestLabels { decision: d, status: c })
-                        .clone(),
-                );
-            }
-        }
-        registry.register(
-            "requests",
-            "Requests answered, by decision and status class",
-            requests_f,
-        );
-
-        let durations_f = Family::<DecisionLabel, Histogram>::new_with_constructor(|| {
-            Histogram::new(exponential_buckets(0.0005, 2.0, 16))
-        });
-        let durations = Decision::LABELS
-            .iter()
-            .map(|d| durations_f.get_or_create(&DecisionLabel { decision: d }).clone())
-            .collect();
-        registry.register(
-            "request_duration_seconds",
-            "Time to the response head, by decision",
-            durations_f,
-        );
+        let requests = Arc::new(Requests::default());
+        registry.register_collector(Box::new(requests.clone()));
 
         registry.register(
             "upstream_errors",
@@ -215,7 +191,6 @@ impl Metrics {
 
         let m = Metrics {
             requests,
-            durations,
             reloads_ok,
             reloads_failed,
             maintenance: Gauge::default(),
@@ -320,15 +295,8 @@ impl Metrics {
     }
 
     /// Counts one answered request.
-    pub fn request(&self, decision: Decision, status: u16, outcome: Option<Outcome>, seconds: f64) {
-        let d = decision.index();
-        let class = usize::from((status / 100).clamp(1, 5) - 1);
-        if let Some(c) = self.requests.get(d * CLASSES.len() + class) {
-            c.inc();
-        }
-        if let Some(h) = self.durations.get(d) {
-            h.observe(seconds);
-        }
+    pub fn request(&self, decision: Decision, status: u16, outcome: Option<Outcome>, elapsed: Duration) {
+        self.requests.count(decision, status, elapsed);
         match outcome {
             Some(Outcome::Unreachable) => upstream_error(UpstreamError::Unreachable),
             Some(Outcome::Timeout) => upstream_error(UpstreamError::Timeout),
@@ -363,12 +331,12 @@ mod tests {
     #[test]
     fn counts_show_in_the_exposition() {
         let m = Metrics::new();
-        m.request(Decision::Page, 503, None, 0.001);
+        m.request(Decision::Page, 503, None, Duration::from_millis(1));
         m.request(
             Decision::Proxy(crate::decision::Mark::None),
             502,
             Some(Outcome::Unreachable),
-            0.01,
+            Duration::from_millis(10),
         );
         m.set_maintenance(true);
         m.allowlist_entries.set(3);
