@@ -10,6 +10,8 @@
 #
 #   bench/callgrind.sh            # N1=1000, N2=5000
 #   N1=500 N2=2500 bench/callgrind.sh
+#   ONLY="gatekeeper floor" KEEP=/tmp/cg bench/callgrind.sh   # only these; keep
+#                                 # the callgrind.out files for callgrind_annotate
 #
 # Needs valgrind and nginx (apt-get install valgrind nginx). Loopback only; every
 # process started here is stopped by PID.
@@ -28,6 +30,7 @@ W=$(mktemp -d /tmp/gatekeeper-callgrind.XXXXXX)
 NGINX_PID=""
 cleanup() {
     [ -n "$NGINX_PID" ] && kill "$NGINX_PID" 2>/dev/null || true
+    if [ -n "${KEEP:-}" ]; then mkdir -p "$KEEP" && cp "$W"/out/cg.* "$KEEP"/ 2>/dev/null || true; fi
     rm -rf "$W"
 }
 trap cleanup EXIT
@@ -83,6 +86,7 @@ count() {
 
 # per_request SERVER LABEL
 per_request() {
+    [ -z "${ONLY:-}" ] || [[ " $ONLY " == *" $1 "* ]] || return 0
     local a b
     a=$(count "$1" "$2" "$N1")
     b=$(count "$1" "$2" "$N2")

@@ -40,6 +40,8 @@ $(nginx_http_common "$1")
   server {
     listen 127.0.0.1:$2 backlog=4096;
     location / { return 200 "ok\n"; }
+    # Connections the app accepted, for bench/upstream_conns.sh.
+    location = /.upstream-status { stub_status; }
   }
 }
 EOF
@@ -48,7 +50,7 @@ EOF
 nginx_proxy_conf() { # DIR PORT UPSTREAM_PORT : nginx proxy_pass with upstream keepalive, 2 workers
   nginx_common "$1"
   cat <<EOF
-worker_processes 2;
+worker_processes ${WORKERS:-2};
 events { worker_connections 16384; }
 http {
 $(nginx_http_common "$1")
@@ -77,7 +79,7 @@ EOF
 haproxy_conf() { # DIR PORT UPSTREAM_PORT : HAProxy with http-reuse always, 2 threads
   cat <<EOF
 global
-  nbthread 2
+  nbthread ${WORKERS:-2}
   maxconn 8000
   pidfile $1/haproxy.pid
 defaults

@@ -79,11 +79,15 @@ w(f"load average (1/5/15 min; other work on the host shows here): before {meta.g
 w(f"versions: gatekeeper {meta.get('gk_version')}; {meta.get('nginx_version')}; {meta.get('haproxy_version')}; {meta.get('wrk_version')}")
 w(f"mode: {meta.get('mode')}: {meta.get('rounds')} round(s) x {meta.get('duration')} s per wrk run, rounds interleaved "
   f"(round r: every target once, order rotated), wrk -t{meta.get('threads')}; medians over rounds, errors summed")
-w("workers: gatekeeper = 2 workers (1 per core), each a single-threaded tokio runtime; nginx proxy = "
-  "worker_processes 2; HAProxy = nbthread 2; hyper floor = 2 workers like gatekeeper's")
+nw = meta.get('workers', '2')
+w(f"workers: gatekeeper = {nw} worker(s), each a single-threaded tokio runtime; nginx proxy = "
+  f"worker_processes {nw}; HAProxy = nbthread {nw}; hyper floor = {nw} worker(s) like gatekeeper's")
 w("upstream (all rows): nginx, worker_processes 1, `return 200 \"ok\\n\"`, keepalive_requests 1000000, access_log off")
-w("CPU budget: NO pinning - wrk (2 threads), the upstream (1 worker) and the proxy under test (2 workers)")
-w("  all share the same 2 cores, so absolute figures are low and ratios are what counts.")
+if meta.get('pin', 'none') == 'none':
+    w("CPU budget: NO pinning - wrk (2 threads), the upstream (1 worker) and the proxy under test (2 workers)")
+    w("  all share the same 2 cores, so absolute figures are low and ratios are what counts.")
+else:
+    w(f"CPU budget: PINNED (--pin) - {meta.get('pin')}: each proxy's own ceiling on one core.")
 w(f"gatekeeper [buffering]: {meta.get('buffering')}")
 w("")
 

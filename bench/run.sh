@@ -3,6 +3,9 @@
 #
 #   bench/run.sh            full run (5 interleaved rounds, 6 s per wrk run; ~8.5 minutes)
 #   bench/run.sh --quick    short run (1 round, 3 s per wrk run; ~1.5 minutes)
+#   bench/run.sh --pin      every proxy on CPU 1 with one worker, wrk, the upstream and
+#                           the other clients on CPU 0 (PROXY_CPU, LOAD_CPU): the proxy's
+#                           own ceiling rather than its share of a crowded machine
 #
 # Options: --no-build (use the existing binary), --keep (keep the work dir),
 #          --no-install (never call apt-get).
@@ -18,14 +21,15 @@ ROOT=$(cd "$HERE/.." && pwd)
 export PATH="$PATH:/usr/sbin:/sbin"
 unset RUST_LOG
 
-QUICK=0 KEEP=0 BUILD=1 INSTALL=1
+QUICK=0 KEEP=0 BUILD=1 INSTALL=1 PIN=0
 for arg in "$@"; do
   case $arg in
     --quick) QUICK=1 ;;
+    --pin) PIN=1 ;;
     --keep) KEEP=1 ;;
     --no-build) BUILD=0 ;;
     --no-install) INSTALL=0 ;;
-    -h | --help) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "unknown argument: $arg (try --help)" >&2; exit 2 ;;
   esac
 done
@@ -38,6 +42,14 @@ else
   ROUNDS=${ROUNDS:-5} DURATION=${DURATION:-6} WARMUP=2 RELOADS=5 MODE=full
 fi
 THREADS=2              # wrk threads
+# Unpinned, everything shares every core and each proxy has 2 workers; pinned,
+# the proxies have one core and one worker each, the load the other core.
+WORKERS=2 ON_PROXY=() ON_LOAD=()
+if ((PIN)); then
+  command -v taskset >/dev/null || { echo "--pin needs taskset (util-linux)" >&2; exit 1; }
+  WORKERS=1 ON_PROXY=(taskset -c "${PROXY_CPU:-1}") ON_LOAD=(taskset -c "${LOAD_CPU:-0}")
+fi
+export WORKERS # bench/configs.sh
 PROXY_CONNS=(64 512)   # proxied section
 SIDE_CONNS=(64)        # maintenance page and allowlist sections
 ALLOW_N=100000
@@ -184,7 +196,7 @@ nginx_proxy_conf "$T/nginx" "$P_NGX" "$P_UP" >"$T/nginx/nginx.conf"
 {
   nginx_common "$T/nginx-maint"
   cat <<EOF
-worker_processes 2;
+worker_processes $WORKERS;
 events { worker_connections 16384; }
 http {
 $(nginx_http_common "$T/nginx-maint")
@@ -220,6 +232,9 @@ gk_conf() {
   {
     cat <<EOF
 listen = ["127.0.0.1:$port"]
+
+[server]
+workers = $WORKERS
 
 [upstream]
 url = "http://127.0.0.1:$P_UP"
@@ -259,21 +274,21 @@ done
 
 # ---------------------------------------------------------------- start
 log "work dir $T; starting servers on 127.0.0.1"
-start upstream nginx -e "$T/upstream/error.log" -p "$T/upstream" -c "$T/upstream/nginx.conf" -g 'daemon off;'
+start upstream "${ON_LOAD[@]}" nginx -e "$T/upstream/error.log" -p "$T/upstream" -c "$T/upstream/nginx.conf" -g 'daemon off;'
 PID_UP=$LAST_PID
-start nginx nginx -e "$T/nginx/error.log" -p "$T/nginx" -c "$T/nginx/nginx.conf" -g 'daemon off;'
+start nginx "${ON_PROXY[@]}" nginx -e "$T/nginx/error.log" -p "$T/nginx" -c "$T/nginx/nginx.conf" -g 'daemon off;'
 PID_NGX=$LAST_PID
-start nginx-maint nginx -e "$T/nginx-maint/error.log" -p "$T/nginx-maint" -c "$T/nginx-maint/nginx.conf" -g 'daemon off;'
+start nginx-maint "${ON_PROXY[@]}" nginx -e "$T/nginx-maint/error.log" -p "$T/nginx-maint" -c "$T/nginx-maint/nginx.conf" -g 'daemon off;'
 PID_NGXM=$LAST_PID
-start haproxy haproxy -db -f "$T/haproxy/haproxy.cfg"
+start haproxy "${ON_PROXY[@]}" haproxy -db -f "$T/haproxy/haproxy.cfg"
 PID_HAP=$LAST_PID
 if [[ -x $FLOOR_BIN ]]; then
-  start floor "$FLOOR_BIN" "127.0.0.1:$P_FLOOR" "127.0.0.1:$P_UP" 2
+  start floor "${ON_PROXY[@]}" "$FLOOR_BIN" "127.0.0.1:$P_FLOOR" "127.0.0.1:$P_UP" "$WORKERS"
   PID_FLOOR=$LAST_PID
 fi
 declare -A GKPID
 for n in gk gkm gka1 gka100k gkp; do
-  start "$n" "$GK_BIN" run -c "$T/$n/gatekeeper.toml"
+  start "$n" "${ON_PROXY[@]}" "$GK_BIN" run -c "$T/$n/gatekeeper.toml"
   GKPID[$n]=$LAST_PID
 done
 for n in gk gkm gka1 gka100k gkp; do wait_ready "$n" "${GKPID[$n]}"; done
@@ -329,6 +344,8 @@ RSSPIDS[allow/allow100k]=${GKPID[gka100k]}
   echo "wrk_version=$(wrk -v 2>&1 | head -1 | awk '{print $1, $2}')"
   echo "load=$(cut -d' ' -f1-3 /proc/loadavg)"
   echo "mode=$MODE"
+  echo "workers=$WORKERS"
+  echo "pin=$( ((PIN)) && echo "proxies on CPU ${PROXY_CPU:-1}; wrk, the upstream and the other clients on CPU ${LOAD_CPU:-0}" || echo none)"
   echo "rounds=$ROUNDS"
   echo "duration=$DURATION"
   echo "threads=$THREADS"
@@ -354,7 +371,7 @@ bench() {
     done
   ) &
   SAMPLER=$!
-  out=$(wrk -t"$THREADS" -c"$conns" -d"${dur}s" --timeout 5s -s "$HERE/report.lua" "http://127.0.0.1:${URL[$key]}/" 2>&1) || true
+  out=$("${ON_LOAD[@]}" wrk -t"$THREADS" -c"$conns" -d"${dur}s" --timeout 5s -s "$HERE/report.lua" "http://127.0.0.1:${URL[$key]}/" 2>&1) || true
   kill "$SAMPLER" 2>/dev/null || true
   wait "$SAMPLER" 2>/dev/null || true
   SAMPLER=""
@@ -401,7 +418,7 @@ interleaved allow "${SIDE_CONNS[*]}" allow1 allow100k
 
 # ---------------------------------------------------------------- propagation
 log "4/6 toggle propagation: $FLIPS flips"
-python3 "$HERE/propagation.py" --port "$P_GKP" --dir "$T/gkp/toggle" --flips "$FLIPS" >"$T/propagation.json" ||
+"${ON_LOAD[@]}" python3 "$HERE/propagation.py" --port "$P_GKP" --dir "$T/gkp/toggle" --flips "$FLIPS" >"$T/propagation.json" ||
   log "propagation test failed"
 
 # ---------------------------------------------------------------- reload
@@ -411,13 +428,13 @@ python3 "$HERE/reload.py" --pid "${GKPID[gka100k]}" --log "$T/log/gka100k.err" -
 
 # ---------------------------------------------------------------- memory
 log "6/6 memory: idle, then $IDLE_CONNS idle keep-alive connections"
-start gki "$GK_BIN" run -c "$T/gki/gatekeeper.toml"
+start gki "${ON_PROXY[@]}" "$GK_BIN" run -c "$T/gki/gatekeeper.toml"
 GKPID[gki]=$LAST_PID
 wait_ready gki "${GKPID[gki]}"
 sleep 1
 rss_sum "${GKPID[gki]}"
 echo "idle_rss_kib=$RSS_SUM" >>"$T/meta.env"
-python3 "$HERE/idle_conns.py" --port "$P_GKI" --pid "${GKPID[gki]}" -n "$IDLE_CONNS" --settle 1 --reuse 1000 --linger "$LINGER" >"$T/idle.json" ||
+"${ON_LOAD[@]}" python3 "$HERE/idle_conns.py" --port "$P_GKI" --pid "${GKPID[gki]}" -n "$IDLE_CONNS" --settle 1 --reuse 1000 --linger "$LINGER" >"$T/idle.json" ||
   log "idle-connections test failed"
 
 echo "load_end=$(cut -d' ' -f1-3 /proc/loadavg)" >>"$T/meta.env"

@@ -1,0 +1,105 @@
+#!/usr/bin/env bash
+# The latency distribution at many connections: nginx and gatekeeper variants
+# (runtime settings given as environment, read by each worker: see src/ab.rs)
+# proxying to the same nginx `return 200`, `wrk --latency` at CONNS connections,
+# rounds interleaved; p50/p90/p99/p99.9 of each run (wrk's own histogram, read
+# by a reporter script), then medians over rounds and ratios to nginx.
+#
+#   bench/latency.sh                                  # nginx, gatekeeper as built
+#   bench/latency.sh "GATEKEEPER_EVENT_INTERVAL=16" "GATEKEEPER_EVENT_INTERVAL=128"
+#   PIN=1 CONNS=512 ROUNDS=5 bench/latency.sh ...     # pinned: proxies on CPU 1, one worker
+#
+# Each argument is one more gatekeeper variant: space-separated VAR=VALUE pairs.
+# Needs nginx, wrk, curl, python3 and the release build. Loopback only; bounded:
+# ROUNDS × (2 + variants) runs of DURATION seconds.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$PATH:/usr/sbin:/sbin"
+ROUNDS=${ROUNDS:-3}
+DURATION=${DURATION:-5}
+CONNS=${CONNS:-512}
+BIN=${GATEKEEPER_BIN:-target/release/gatekeeper}
+WORKERS=2 ON_PROXY=() ON_LOAD=()
+if [ "${PIN:-0}" = 1 ]; then WORKERS=1 ON_PROXY=(taskset -c 1) ON_LOAD=(taskset -c 0); fi
+export WORKERS
+for cmd in nginx wrk curl python3; do
+    command -v "$cmd" >/dev/null || { echo "$cmd is not installed" >&2; exit 1; }
+done
+[ -x "$BIN" ] || { echo "build first: cargo build --release --bin gatekeeper" >&2; exit 1; }
+VARIANTS=("" "$@")
+
+W=$(mktemp -d /tmp/gatekeeper-latency.XXXXXX)
+UP_PID="" PROXY_PID=""
+cleanup() {
+    for p in $PROXY_PID $UP_PID; do kill "$p" 2>/dev/null && wait "$p" 2>/dev/null || true; done
+    rm -rf "$W"
+}
+trap cleanup EXIT
+
+# shellcheck source=bench/configs.sh
+source bench/configs.sh
+UP=$(free_port)
+mkdir -p "$W/up"
+upstream_conf "$W/up" "$UP" > "$W/up/nginx.conf"
+"${ON_LOAD[@]}" nginx -e "$W/up/error.log" -p "$W/up" -c "$W/up/nginx.conf" -g "daemon off;" &
+UP_PID=$!
+for _ in $(seq 1 100); do curl -s -o /dev/null "http://127.0.0.1:$UP/" && break; sleep 0.1; done
+cat > "$W/lat.lua" <<'EOF'
+done = function(summary, latency, requests)
+  io.write(string.format("LAT %.0f %.3f %.3f %.3f %.3f\n", summary.requests / (summary.duration / 1e6),
+    latency:percentile(50) / 1000, latency:percentile(90) / 1000, latency:percentile(99) / 1000,
+    latency:percentile(99.9) / 1000))
+end
+EOF
+
+# one LABEL ENV : one wrk run against a fresh proxy; appends a line to results
+one() {
+    local label=$1 envs=$2 port d
+    port=$(free_port)
+    d="$W/p$port"
+    mkdir -p "$d/toggle"
+    if [ "$label" = nginx ]; then
+        nginx_proxy_conf "$d" "$port" "$UP" > "$d/nginx.conf"
+        "${ON_PROXY[@]}" nginx -e "$d/error.log" -p "$d" -c "$d/nginx.conf" -g "daemon off;" &
+    else
+        printf 'listen = ["127.0.0.1:%s"]\n[server]\nworkers = %s\n[upstream]\nurl = "http://127.0.0.1:%s"\n[maintenance]\ntoggle = "%s/toggle/maintenance-mode-on"\n[log]\naccess = false\nlevel = "warn"\n' \
+            "$port" "$WORKERS" "$UP" "$d" > "$d/gk.toml"
+        # shellcheck disable=SC2086 # ENV is word-split on purpose: VAR=VALUE pairs
+        env $envs "${ON_PROXY[@]}" "$BIN" run -c "$d/gk.toml" >/dev/null 2>&1 &
+    fi
+    PROXY_PID=$!
+    for _ in $(seq 1 100); do curl -s -o /dev/null "http://127.0.0.1:$port/" && break; sleep 0.1; done
+    "${ON_LOAD[@]}" wrk -t2 -c"$CONNS" -d"${DURATION}s" --timeout 5s -s "$W/lat.lua" \
+        "http://127.0.0.1:$port/" > "$d/wrk.out" 2>&1 || true
+    kill "$PROXY_PID"
+    wait "$PROXY_PID" 2>/dev/null || true
+    PROXY_PID=""
+    local lat
+    lat=$(awk '/^LAT / { print $2 "\t" $3 "\t" $4 "\t" $5 "\t" $6 }' "$d/wrk.out")
+    [ -n "$lat" ] || { cat "$d/wrk.out" >&2; echo "wrk failed for $label" >&2; exit 1; }
+    printf '%s\t%s\n' "$label" "$lat" >> "$W/results"
+}
+
+echo "# conns=$CONNS rounds=$ROUNDS duration=${DURATION}s workers=$WORKERS pin=${PIN:-0} load: $(cut -d' ' -f1-3 /proc/loadavg)"
+: > "$W/results"
+for r in $(seq 1 "$ROUNDS"); do
+    n=$(( ${#VARIANTS[@]} + 1 ))
+    for i in $(seq 0 $((n - 1))); do
+        k=$(( (i + r) % n )) # rotate the order each round
+        if [ "$k" = 0 ]; then one nginx ""; else v=${VARIANTS[$((k - 1))]}; one "gatekeeper ${v:-(default)}" "$v"; fi
+    done
+done
+
+python3 - "$W/results" <<'EOF'
+import collections, statistics, sys
+rows = collections.defaultdict(list)
+for line in open(sys.argv[1]):
+    label, *vals = line.rstrip("\n").split("\t")
+    rows[label].append([float(v) for v in vals])
+med = {k: [statistics.median(c) for c in zip(*v)] for k, v in rows.items()}
+ref = med.get("nginx")
+print(f"\n{'target':<48}{'req/s':>9}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}{'p99.9 ms':>10}{'p99 vs nginx':>14}")
+for k, (rps, p50, p90, p99, p999) in med.items():
+    vs = f"{p99 / ref[3]:.2f}x" if ref and ref[3] else "-"
+    print(f"{k:<48}{rps:>9.0f}{p50:>9.2f}{p90:>9.2f}{p99:>9.2f}{p999:>10.2f}{vs:>14}")
+EOF
