@@ -1,5 +1,5 @@
 //! Gives the allocator's free pages back to the system after a wave of
-//! connections has ended.
+//! connections has ended, or has gone idle.
 //!
 //! glibc's malloc keeps what the program frees in its arenas for reuse: with
 //! 5,000 idle TLS connections opened and closed in rounds, it held 220–228 MiB
@@ -7,14 +7,23 @@
 //! to 235 MiB (docs/hardening.md, finding C). `malloc_trim(0)` hands the free
 //! pages back. It is called on the blocking pool (it walks every arena under
 //! its lock: 5–8 ms measured) once per wave: after at least [`WAVE`]
-//! connections were open at once and most of them have closed, and at most
-//! once per [`GAP`].
+//! connections were active at once and most of them have closed or parked,
+//! and at most once per [`GAP`]; a wave that ended during that gap is
+//! trimmed right after it.
+//!
+//! Active connections hold HTTP state: open and not parked (see
+//! [`crate::park`]). A connection that parks has just freed hyper's buffers
+//! (~20 KiB), as one that closes has: 10,000 keep-alive connections opened
+//! 500 at a time and gone idle left 15–18 MiB free in the arenas, between the
+//! parked connections' small blocks (docs/perf-idle.md). What the allocator
+//! holds free is about the most connections active at once, whence the waves.
 
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering::Relaxed};
 use std::time::Duration;
 
-/// Connections open at once that make a wave.
-const WAVE: i64 = 1000;
+/// Connections active (open, not parked) at once that make a wave: at ~20 KiB
+/// of hyper's buffers each (TLS: more), ≥ 5 MiB to give back.
+const WAVE: i64 = 256;
 /// After the wave has ended, the rest of it has this long to close before the trim.
 const SETTLE: Duration = Duration::from_secs(1);
 /// The least time between two trims.
@@ -53,6 +62,18 @@ impl Waves {
         true
     }
 
+    /// While busy, after a trim and its gap: true (and still busy) if another
+    /// wave rose and ended meanwhile, with `open` open now; the caller trims
+    /// again. Otherwise the caller calls [`Waves::done`].
+    pub fn again(&self, open: i64) -> bool {
+        let peak = self.peak.load(Relaxed);
+        if peak < WAVE || open > peak / 4 {
+            return false;
+        }
+        self.peak.store(open, Relaxed);
+        true
+    }
+
     /// The trim (and the gap after it) is over.
     pub fn done(&self) {
         self.busy.store(false, Relaxed);
@@ -66,15 +87,17 @@ impl Default for Waves {
 }
 
 static WAVES: Waves = Waves::new();
+/// Connections that hold HTTP state now (all workers).
+static ACTIVE: AtomicI64 = AtomicI64::new(0);
 
-/// A connection opened: `open` connections are open now (all workers).
-pub fn opened(open: i64) {
-    WAVES.opened(open);
+/// A connection opened, or a parked one woke: it holds HTTP state again.
+pub fn activated() {
+    WAVES.opened(ACTIVE.fetch_add(1, Relaxed) + 1);
 }
 
-/// A connection closed: `open` connections are open now (all workers).
-pub fn closed(open: i64) {
-    if !WAVES.ended(open) {
+/// A connection closed, or parked: its HTTP state is freed.
+pub fn deactivated() {
+    if !WAVES.ended(ACTIVE.fetch_sub(1, Relaxed) - 1) {
         return;
     }
     let Ok(rt) = tokio::runtime::Handle::try_current() else {
@@ -82,11 +105,17 @@ pub fn closed(open: i64) {
         return;
     };
     rt.spawn(async {
-        tokio::time::sleep(SETTLE).await;
-        let t = std::time::Instant::now();
-        let _ = tokio::task::spawn_blocking(trim).await;
-        tracing::debug!(took = ?t.elapsed(), "returned the allocator's free pages after a wave of connections");
-        tokio::time::sleep(GAP).await;
+        // Bounded: each round follows a wave of at least WAVE connections.
+        loop {
+            tokio::time::sleep(SETTLE).await;
+            let t = std::time::Instant::now();
+            let _ = tokio::task::spawn_blocking(trim).await;
+            tracing::debug!(took = ?t.elapsed(), "returned the allocator's free pages after a wave of connections");
+            tokio::time::sleep(GAP).await;
+            if !WAVES.again(ACTIVE.load(Relaxed)) {
+                break;
+            }
+        }
         WAVES.done();
     });
 }
@@ -118,6 +147,21 @@ mod tests {
         assert!(w.ended(0), "the wave that rose while busy still ends");
         w.done();
         assert!(!w.ended(0), "no wave since the last trim");
+    }
+
+    #[test]
+    fn a_wave_that_ends_while_busy_is_trimmed_after_the_gap() {
+        let w = Waves::new();
+        w.opened(WAVE * 2);
+        assert!(w.ended(0));
+        // During the settle and the gap: another wave rises and goes idle.
+        w.opened(WAVE);
+        assert!(!w.ended(0), "busy");
+        assert!(w.again(0), "the wave that ended meanwhile is trimmed next");
+        assert!(!w.again(0), "and only once");
+        w.done();
+        w.opened(WAVE);
+        assert!(!w.again(WAVE), "not while the wave is still active");
     }
 
     #[test]
