@@ -15,7 +15,11 @@ per round with the connections open and after they closed, to see whether
 memory creeps.
 
 Bounded: at most N connections per round and R rounds, every socket operation
-has a timeout. Prints one JSON object (with --rounds > 1: one line per round on
+has a timeout. With --h2 each connection speaks HTTP/2 instead (h2c with prior
+knowledge, or ALPN h2 with --tls): the preface and SETTINGS, one GET / on
+stream 1 read to its end, the server's SETTINGS acknowledged (and its PINGs
+while the client reads); the stream-per-connection reuse sends stream 3.
+Prints one JSON object (with --rounds > 1: one line per round on
 stderr as it goes, and the rounds in "rounds").
 """
 import argparse
@@ -31,13 +35,43 @@ import time
 IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
 
 
+TREE = False
+
+
+def descendants(pid):
+    """pid and every process below it (nginx: the master and its workers)."""
+    out, todo = [], [pid]
+    while todo and len(out) < 1000:
+        p = todo.pop()
+        out.append(p)
+        try:
+            with open(f"/proc/{p}/task/{p}/children") as f:
+                todo.extend(int(c) for c in f.read().split())
+        except OSError:
+            pass
+    return out
+
+
 def status_kb(pid):
+    """VmRSS, VmHWM, Threads of pid; with --tree summed over its descendants
+    too, and Pss (shared pages divided among the processes that map them: the
+    sum over nginx's master and workers counts their shared pages once)."""
     out = {}
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            k, _, v = line.partition(":")
-            if k in ("VmRSS", "VmHWM", "Threads"):
-                out[k] = int(v.split()[0])
+    for p in descendants(pid) if TREE else [pid]:
+        try:
+            with open(f"/proc/{p}/status") as f:
+                for line in f:
+                    k, _, v = line.partition(":")
+                    if k in ("VmRSS", "VmHWM", "Threads"):
+                        out[k] = out.get(k, 0) + int(v.split()[0])
+            if TREE:
+                with open(f"/proc/{p}/smaps_rollup") as f:
+                    for line in f:
+                        k, _, v = line.partition(":")
+                        if k == "Pss":
+                            out[k] = out.get(k, 0) + int(v.split()[0])
+        except OSError:
+            pass
     return out
 
 
@@ -98,6 +132,70 @@ def read_response(s):
     return status, not close
 
 
+H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+H2_STATUS = {0x88: 200, 0x89: 204, 0x8a: 206, 0x8b: 304, 0x8c: 400, 0x8d: 404, 0x8e: 500}
+
+
+def h2_frame(ftype, flags, stream, payload=b""):
+    return len(payload).to_bytes(3, "big") + bytes([ftype, flags]) + stream.to_bytes(4, "big") + payload
+
+
+def h2_request(a, stream):
+    """HEADERS for GET / on `stream`, HPACK by hand: indexed :method GET, :scheme,
+    :path /, literal :authority and user-agent (never indexed)."""
+    auth = f"{a.host}:{a.port}".encode()
+    ua = b"idle_conns"
+    block = bytes([0x82, 0x87 if a.tls else 0x86, 0x84, 0x01, len(auth)]) + auth
+    block += bytes([0x0f, 0x2b, len(ua)]) + ua
+    return h2_frame(0x1, 0x5, stream, block)  # END_STREAM | END_HEADERS
+
+
+def recv_exact(s, n, buf):
+    while len(buf) < n:
+        chunk = s.recv(65536)
+        if not chunk:
+            raise ConnectionError("closed")
+        buf += chunk
+    return buf
+
+
+def read_h2_response(s, stream, pending=b""):
+    """Reads frames until `stream` ends; acknowledges SETTINGS and PING on the
+    way. Returns (status, keepalive: no GOAWAY seen). Bounded by the socket's
+    timeout and at most 1,000 frames."""
+    status, keep, buf = None, True, pending
+    for _ in range(1000):
+        buf = recv_exact(s, 9, buf)
+        length = int.from_bytes(buf[:3], "big")
+        ftype, flags, sid = buf[3], buf[4], int.from_bytes(buf[5:9], "big") & 0x7FFFFFFF
+        buf = recv_exact(s, 9 + length, buf)
+        payload, buf = buf[9:9 + length], buf[9 + length:]
+        if ftype == 0x4 and not flags & 0x1:  # SETTINGS
+            s.sendall(h2_frame(0x4, 0x1, 0))
+        elif ftype == 0x6 and not flags & 0x1:  # PING
+            s.sendall(h2_frame(0x6, 0x1, 0, payload))
+        elif ftype == 0x7:  # GOAWAY
+            keep = False
+        elif ftype == 0x1 and sid == stream:  # HEADERS
+            off = (1 if flags & 0x8 else 0) + (5 if flags & 0x20 else 0)
+            if status is None and len(payload) > off:
+                status = H2_STATUS.get(payload[off], 0)
+            if flags & 0x1:
+                break
+        elif ftype == 0x0 and sid == stream:  # DATA
+            if length:  # give the window back, as a client that keeps the connection would
+                s.sendall(h2_frame(0x8, 0, 0, length.to_bytes(4, "big")))
+            if flags & 0x1:
+                break
+        elif ftype == 0x3 and sid == stream:  # RST_STREAM
+            raise ConnectionError("stream reset")
+    else:
+        raise ValueError("too many frames")
+    if status is None:
+        raise ValueError("no :status")
+    return status, keep
+
+
 def one_round(a):
     """Opens the connections, reads RSS, optionally reuses some, closes them all."""
     before = status_kb(a.pid)
@@ -119,14 +217,17 @@ def one_round(a):
                 s.connect((a.host, a.port))
                 if a.tls:
                     s = a.tls.wrap_socket(s, server_hostname="localhost")
-                s.sendall(req)
+                if a.h2:
+                    s.sendall(H2_PREFACE + h2_frame(0x4, 0, 0) + h2_request(a, 1))
+                else:
+                    s.sendall(req)
                 batch.append(s)
             except OSError:
                 errors += 1
                 s.close()
         for s in batch:
             try:
-                st, keep = read_response(s)
+                st, keep = read_h2_response(s, 1) if a.h2 else read_response(s)
                 statuses[st] = statuses.get(st, 0) + 1
                 if keep:
                     socks.append(s)
@@ -143,14 +244,21 @@ def one_round(a):
     alive = count_alive(socks)
     after = status_kb(a.pid)
     fds = fd_count(a.pid)
+    if a.after_open:
+        subprocess.run(a.after_open.format(pid=a.pid), shell=True, timeout=120,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
     # Idle connections must still serve: a second request on some of them.
     reused, reused_ok = 0, 0
     spread = socks[:: max(1, len(socks) // a.reuse)][: a.reuse] if a.reuse > 0 else []
     for s in spread:
         reused += 1
         try:
-            s.sendall(req)
-            st, _ = read_response(s)
+            if a.h2:
+                s.sendall(h2_request(a, 3))
+                st, _ = read_h2_response(s, 3)
+            else:
+                s.sendall(req)
+                st, _ = read_response(s)
             reused_ok += st in statuses
         except (OSError, ValueError):
             pass
@@ -176,6 +284,8 @@ def one_round(a):
         "open_seconds": round(opened_s, 2),
         "rss_before_kib": before.get("VmRSS"),
         "rss_kib": after.get("VmRSS"),
+        "pss_before_kib": before.get("Pss"),
+        "pss_kib": after.get("Pss"),
         "hwm_kib": after.get("VmHWM"),
         "threads": after.get("Threads"),
         "server_fds": fds,
@@ -187,6 +297,8 @@ def main():
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--tls", action="store_true",
                     help="connect with TLS (certificate not verified): such connections are not parked")
+    ap.add_argument("--h2", action="store_true",
+                    help="HTTP/2: h2c with prior knowledge, or ALPN h2 with --tls (never parked)")
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--pid", type=int, required=True)
     ap.add_argument("-n", type=int, default=10000)
@@ -199,14 +311,20 @@ def main():
                     help="repeat this many times, closing every connection between rounds")
     ap.add_argument("--after-round", default="",
                     help="with --rounds: shell command run after each round's readings ({pid}, {round} replaced)")
+    ap.add_argument("--tree", action="store_true",
+                    help="sum VmRSS/VmHWM over --pid and every process below it (nginx's master and workers)")
+    ap.add_argument("--after-open", default="",
+                    help="shell command run right after the RSS reading with the connections open ({pid} replaced)")
     ap.add_argument("--linger", type=float, default=0.0,
                     help="if > 0: count open connections again this many seconds after the last one opened")
     a = ap.parse_args()
+    global TREE
+    TREE = a.tree
     if a.tls:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
-        ctx.set_alpn_protocols(["http/1.1"])
+        ctx.set_alpn_protocols(["h2"] if a.h2 else ["http/1.1"])
         a.tls = ctx
     a.rounds = max(1, min(a.rounds, 100))
 
