@@ -105,9 +105,11 @@ pub fn deactivated() {
         return;
     };
     rt.spawn(async {
-        // Bounded: each round follows a wave of at least WAVE connections.
+        tokio::time::sleep(SETTLE).await;
+        // Bounded: each round follows a wave of at least WAVE connections. A
+        // wave that ended during the gap is trimmed without a second settle:
+        // its connections have had the gap to finish.
         loop {
-            tokio::time::sleep(SETTLE).await;
             let t = std::time::Instant::now();
             let _ = tokio::task::spawn_blocking(trim).await;
             tracing::debug!(took = ?t.elapsed(), "returned the allocator's free pages after a wave of connections");
