@@ -14,7 +14,7 @@
 //! Active connections hold HTTP state: open and not parked (see
 //! [`crate::park`]). A connection that parks has just freed hyper's buffers
 //! (~20 KiB), as one that closes has: 10,000 keep-alive connections opened
-//! 500 at a time and gone idle left 14–18 MiB free in the arenas, between the
+//! 500 at a time and gone idle left 14–19 MiB free in the arenas, between the
 //! parked connections' small blocks (docs/perf-idle.md). What the allocator
 //! holds free is about the most connections active at once, whence the waves.
 
