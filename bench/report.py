@@ -116,7 +116,7 @@ for c in conns_list:
 w("  (hyper floor: bench/hyper_floor.rs, the same runtimes and hyper HTTP/1.1 server and client with")
 w("   nothing of gatekeeper's - no decision, pool, timeouts or parking - what this stack costs at least)")
 w("  (peak RSS: sum of VmRSS over the proxy's processes, sampled every 0.2 s during the runs;")
-w("   nginx = master + 2 workers, so shared pages are counted once per process)")
+w(f"   nginx = master + {nw} worker(s), so shared pages are counted once per process)")
 w("")
 
 w("2. Maintenance page served (503 + static/index.html; nginx: error_page 503 /index.html + return 503)")
