@@ -280,20 +280,26 @@ log "work dir $T; starting servers on 127.0.0.1 ($WORKERS worker(s) each$( ((PIN
 start upstream "${ON_LOAD[@]}" nginx -e "$T/upstream/error.log" -p "$T/upstream" -c "$T/upstream/nginx.conf" -g 'daemon off;'
 TARGETS=(gk)
 if [[ -n $GK_BIN_B ]]; then TARGETS+=(gk-b); fi
+declare -A PID_OF # target -> its processes (CPU time is summed over them)
 if ((NGINX_REF)); then
   TARGETS+=(nginx)
   start nginx "${ON_PROXY[@]}" nginx -e "$T/nginx/error.log" -p "$T/nginx" -c "$T/nginx/nginx.conf" -g 'daemon off;'
+  PID_OF[nginx]=$LAST_PID
   start nginx-maint "${ON_PROXY[@]}" nginx -e "$T/nginx-maint/error.log" -p "$T/nginx-maint" -c "$T/nginx-maint/nginx.conf" -g 'daemon off;'
+  PID_OF[nginx]+=" $LAST_PID"
 fi
 if ((HAPROXY_REF)); then
   TARGETS+=(haproxy)
   start haproxy "${ON_PROXY[@]}" haproxy -db -f "$T/haproxy/haproxy.cfg"
+  PID_OF[haproxy]=$LAST_PID
 fi
 start gk "${ON_PROXY[@]}" "$GK_BIN" run -c "$T/gk/gatekeeper.toml"
 GK_PIDS=("$LAST_PID")
+PID_OF[gk]=$LAST_PID
 if [[ -n $GK_BIN_B ]]; then
   start gk-b "${ON_PROXY[@]}" "$GK_BIN_B" run -c "$T/gk-b/gatekeeper.toml"
   GK_PIDS+=("$LAST_PID")
+  PID_OF[gk-b]=$LAST_PID
 fi
 GK_NAMES=(gk gk-b)
 for i in "${!GK_PIDS[@]}"; do
@@ -319,6 +325,9 @@ wait_for "http://127.0.0.1:$P_UP/" 200
 for pid in "${PIDS[@]}"; do
   for p in $(ps -o pid= --ppid "$pid"); do EXTRA_PIDS+=("$p"); done
 done
+if ((NGINX_REF)); then # nginx's workers do the work
+  for pid in ${PID_OF[nginx]}; do PID_OF[nginx]+=" $(ps -o pid= --ppid "$pid" | tr '\n' ' ')"; done
+fi
 # URLs per target and scenario.
 declare -A URL
 for t in "${TARGETS[@]}"; do
@@ -355,16 +364,32 @@ maintenance() { # on|off : flip gatekeeper and wait until it shows
   done
 }
 
-# run TARGET SCENARIO : one h2load run; appends "TARGET SCENARIO ROUND req/s mean_ms 2xx 5xx done errored" to results
+# cpu_ns PID... : on-CPU nanoseconds of every thread of these processes (schedstat, as bench/cpu.sh)
+cpu_ns() {
+  local pid t ns total=0
+  for pid in "$@"; do
+    for t in /proc/"$pid"/task/*; do
+      read -r ns _ <"$t/schedstat" 2>/dev/null || continue
+      total=$((total + ns))
+    done
+  done
+  echo "$total"
+}
+
+# run TARGET SCENARIO : one h2load run; appends "TARGET SCENARIO ROUND req/s mean_ms 2xx 5xx done errored cpu_ns" to results
 run() {
-  local t=$1 sc=$2 out args=(-m "$M")
+  local t=$1 sc=$2 out args=(-m "$M") c0 c1
   [[ -n ${URL[$t/$sc]:-} ]] || return 0
   [[ $sc == h1-tls ]] && args=(--h1 -m 1)
   out="$T/log/h2load-$t-$sc-$ROUND.txt"
+  # shellcheck disable=SC2086 # a list of PIDs
+  c0=$(cpu_ns ${PID_OF[$t]})
   timeout 300 "${ON_LOAD[@]}" h2load -n "$N" -c "$C" "${args[@]}" "${URL[$t/$sc]}" >"$out" 2>&1 || true
-  python3 - "$t" "$sc" "$ROUND" "$out" >>"$T/results" <<'EOF'
+  # shellcheck disable=SC2086
+  c1=$(cpu_ns ${PID_OF[$t]})
+  python3 - "$t" "$sc" "$ROUND" "$out" "$((c1 - c0))" >>"$T/results" <<'EOF'
 import re, sys
-t, sc, rnd, path = sys.argv[1:]
+t, sc, rnd, path, cpu = sys.argv[1:]
 txt = open(path).read()
 m = re.search(r"finished in [\d.]+\w*, ([\d.]+) req/s", txt)
 rps = m.group(1) if m else "nan"
@@ -377,7 +402,7 @@ def ms(v):
     return float(m.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[m.group(2)]
 mean = ms(lat.group(3)) if lat else float("nan")
 print(t, sc, rnd, rps, f"{mean:.2f}", codes.group(1) if codes else "?", codes.group(4) if codes else "?",
-      req.group(3) if req else "0", req.group(6) if req else "?")
+      req.group(3) if req else "0", req.group(6) if req else "?", cpu)
 EOF
 }
 
@@ -415,9 +440,10 @@ import statistics, sys
 path, n, c, m, rounds, workers, pin, lb, la = sys.argv[1:]
 runs = {}
 for line in open(path):
-    t, sc, rnd, rps, mean, ok2, err5, done, errored = line.split()
+    t, sc, rnd, rps, mean, ok2, err5, done, errored, cpu = line.split()
+    us = int(cpu) / 1000 / max(int(done), 1)
     runs[(t, sc, int(rnd))] = (float(rps), float(mean), int(ok2) if ok2.isdigit() else -1,
-                               int(err5) if err5.isdigit() else -1, int(done), errored)
+                               int(err5) if err5.isdigit() else -1, int(done), errored, us)
 scen = {
     "h2c": ("h2c", "proxied", "2xx"),
     "tls": ("h2 (TLS)", "proxied", "2xx"),
@@ -431,7 +457,7 @@ targets = [t for t in order if any(k[0] == t for k in runs)]
 print(f"h2load on 127.0.0.1: -n {n} -c {c} -m {m} (http/1.1: -m 1), {workers} worker(s) per server"
       f"{', pinned (servers CPU 1, load + upstream CPU 0)' if pin == '1' else ', unpinned'}; median of {rounds} round(s);"
       f" load average before {lb}, after {la}")
-print(f"{'scenario':13} {'what':10} {'server':8} {'req/s':>9} {'mean ms':>8}  {'expected':>8}  {'done':>7}  errored")
+print(f"{'scenario':13} {'what':10} {'server':8} {'req/s':>9} {'mean ms':>8} {'CPU us/req':>10}  {'expected':>8}  {'done':>7}  errored")
 bad = 0
 for sc, (proto, what, want) in scen.items():
     for t in targets:
@@ -440,24 +466,33 @@ for sc, (proto, what, want) in scen.items():
             continue
         rps = statistics.median(x[0] for x in r)
         mean = statistics.median(x[1] for x in r)
+        us = statistics.median(x[6] for x in r)
         expected = sum(x[2] if want == "2xx" else x[3] for x in r)
         done = sum(x[4] for x in r)
         errored = ",".join(sorted(set(x[5] for x in r)))
         total = int(n) * len(r)
         flag = "" if expected == total else "  <-- not all answers were " + want
         bad += expected != total
-        print(f"{proto:13} {what:10} {t:8} {rps:9.0f} {mean:8.2f}  {expected:>8}  {done:>7}  {errored}{flag}")
+        print(f"{proto:13} {what:10} {t:8} {rps:9.0f} {mean:8.2f} {us:10.2f}  {expected:>8}  {done:>7}  {errored}{flag}")
 print()
-print("same-round ratios (median, [min-max] over rounds)")
 pairs = [("gk", "nginx"), ("gk", "haproxy"), ("gk-b", "gk"), ("gk-b", "nginx"), ("gk-b", "haproxy")]
-for sc, (proto, what, _) in scen.items():
-    cells = []
-    for a, b in pairs:
-        rs = [runs[(a, sc, i)][0] / runs[(b, sc, i)][0] for i in range(1, int(rounds) + 1)
-              if (a, sc, i) in runs and (b, sc, i) in runs and runs[(b, sc, i)][0] > 0]
-        if rs:
-            cells.append(f"{a}/{b} {statistics.median(rs):.2f} [{min(rs):.2f}-{max(rs):.2f}]")
-    if cells:
-        print(f"  {proto:13} {what:10} " + "   ".join(cells))
+# req/s: a/b; CPU per request: b/a (above 1: a needs less CPU per request than b).
+for title, field, inv in (("req/s", 0, False), ("CPU per request, inverted (b's us/req / a's)", 6, True)):
+    print(f"same-round ratios of {title} (median, [min-max] over rounds)")
+    for sc, (proto, what, _) in scen.items():
+        cells = []
+        for a, b in pairs:
+            rs = []
+            for i in range(1, int(rounds) + 1):
+                if (a, sc, i) in runs and (b, sc, i) in runs:
+                    x, y = runs[(a, sc, i)][field], runs[(b, sc, i)][field]
+                    if inv:
+                        x, y = y, x
+                    if y > 0:
+                        rs.append(x / y)
+            if rs:
+                cells.append(f"{a}/{b} {statistics.median(rs):.2f} [{min(rs):.2f}-{max(rs):.2f}]")
+        if cells:
+            print(f"  {proto:13} {what:10} " + "   ".join(cells))
 sys.exit(1 if bad else 0)
 EOF
