@@ -128,7 +128,7 @@ pub async fn accept_loop(
                             // HTTP/2 ends its streams itself; an HTTP/1.1 connection
                             // may end with a body unread: kept for a lingering close.
                             if tls_stream.get_ref().1.alpn_protocol() == Some(b"h2") {
-                                serve_connection(tls_stream, peer, state.clone(), &shutdown, true, None).await;
+                                serve_h2(tls_stream, peer, state.clone(), &shutdown, true, None).await;
                             } else {
                                 let io = linger::Returning::new(tls_stream);
                                 let slot = io.slot();
@@ -163,9 +163,28 @@ fn count_open(state: &State) -> impl Drop + '_ {
 /// (see [`park`]) so that an idle keep-alive connection holds no HTTP buffers.
 async fn serve_plain(mut stream: TcpStream, peer: SocketAddr, state: Arc<State>, shutdown: CancellationToken) {
     let _open = count_open(&state);
+    let started = tokio::time::Instant::now();
+    let header_timeout = state.snapshot().rt.config.server.header_timeout;
+    // h2c (prior knowledge) straight to hyper's HTTP/2 server: it never parks,
+    // and its streams then skip the parking bookkeeping and the protocol sniffing.
+    match starts_h2c(&stream, header_timeout, &shutdown).await {
+        Some(true) => {
+            let left = header_timeout.saturating_sub(started.elapsed());
+            serve_h2(stream, peer, state.clone(), &shutdown, false, Some(left)).await;
+            return;
+        }
+        Some(false) => {}
+        None => return,
+    }
     let shared = Arc::new(park::Shared::default());
+    let mut first = true;
     loop {
-        let header_timeout = state.snapshot().rt.config.server.header_timeout;
+        let mut header_timeout = state.snapshot().rt.config.server.header_timeout;
+        if std::mem::take(&mut first) {
+            // The first head's deadline counts from the connection's start:
+            // the wait for its first bytes is part of it.
+            header_timeout = header_timeout.saturating_sub(started.elapsed());
+        }
         let io = park::Parkable::new(stream, shared.clone(), header_timeout);
         // Boxed: a parked connection's task then carries no hyper state.
         let clean = Box::pin(serve_connection(
@@ -200,6 +219,111 @@ async fn serve_plain(mut stream: TcpStream, peer: SocketAddr, state: Arc<State>,
     }
 }
 
+/// The client's first bytes, once they are in: whether they begin the HTTP/2
+/// preface (`PRI `: no HTTP/1.1 method). `None`: nothing within `limit`, the
+/// client left, or shutdown. Fewer than four bytes in (a prefix of the
+/// preface) count as HTTP/1.1: hyper's own sniffing still tells h2c apart.
+async fn starts_h2c(stream: &TcpStream, limit: Duration, shutdown: &CancellationToken) -> Option<bool> {
+    let mut first = [0u8; 4];
+    let n = tokio::select! {
+        r = tokio::time::timeout(limit, stream.peek(&mut first)) => match r {
+            Ok(Ok(n)) if n > 0 => n,
+            _ => return None,
+        },
+        _ = shutdown.cancelled() => return None,
+    };
+    Some(n == first.len() && first == *b"PRI ")
+}
+
+/// HTTP/2 settings, the same whichever builder serves the connection.
+trait H2Settings {
+    fn gatekeeper_h2(&mut self, limits: &crate::config::Server) -> &mut Self;
+}
+
+impl H2Settings for auto::Http2Builder<'_, TokioExecutor> {
+    fn gatekeeper_h2(&mut self, limits: &crate::config::Server) -> &mut Self {
+        self.timer(TokioTimer::new())
+            .max_concurrent_streams(256)
+            .max_header_list_size(u32::try_from(limits.max_header_size).unwrap_or(u32::MAX))
+            .keep_alive_interval(Some(Duration::from_secs(30)))
+    }
+}
+
+impl H2Settings for hyper::server::conn::http2::Builder<TokioExecutor> {
+    fn gatekeeper_h2(&mut self, limits: &crate::config::Server) -> &mut Self {
+        self.timer(TokioTimer::new())
+            .max_concurrent_streams(256)
+            .max_header_list_size(u32::try_from(limits.max_header_size).unwrap_or(u32::MAX))
+            .keep_alive_interval(Some(Duration::from_secs(30)))
+    }
+}
+
+/// Serves an HTTP/2 connection (h2 by ALPN, or h2c by prior knowledge) until
+/// hyper is done with it; true when it ended cleanly. Each stream is a task
+/// of its own that hyper moves its service future into: boxed, so that what
+/// is moved is a pointer, not the handler's whole state. `first_request`: the
+/// connection is closed unless a request has begun by then.
+async fn serve_h2<I>(
+    stream: I,
+    peer: SocketAddr,
+    state: Arc<State>,
+    shutdown: &CancellationToken,
+    https: bool,
+    first_request: Option<Duration>,
+) -> bool
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let limits = state.snapshot().rt.config.server.clone();
+    let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    builder.gatekeeper_h2(&limits);
+    let begun = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let svc = {
+        let begun = begun.clone();
+        service_fn(move |req: Request<Incoming>| {
+            begun.store(true, std::sync::atomic::Ordering::Relaxed);
+            let state = state.clone();
+            Box::pin(async move {
+                let conn = Conn {
+                    peer,
+                    https,
+                    https_port: state.https_port(),
+                };
+                let resp = pipeline::handle(req, &conn, &state).await;
+                Ok::<_, Infallible>(resp)
+            })
+        })
+    };
+    let conn = builder.serve_connection(TokioIo::new(stream), svc);
+    tokio::pin!(conn);
+    let deadline = tokio::time::sleep(first_request.unwrap_or_default());
+    tokio::pin!(deadline);
+    let mut waiting = first_request.is_some();
+    let r = loop {
+        tokio::select! {
+            r = conn.as_mut() => break r,
+            _ = deadline.as_mut(), if waiting => {
+                if !begun.load(std::sync::atomic::Ordering::Relaxed) {
+                    tracing::debug!(%peer, "no request within header_timeout on an h2c connection");
+                    return false;
+                }
+                waiting = false;
+            }
+            _ = shutdown.cancelled() => {
+                conn.as_mut().graceful_shutdown();
+                break conn.await;
+            }
+        }
+    };
+    match r {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::debug!(%peer, error = %e, "connection ended with an error");
+            false
+        }
+    }
+}
+
 /// Serves `stream` until hyper is done with it; true when it ended cleanly.
 async fn serve_connection<I>(
     stream: I,
@@ -221,12 +345,7 @@ where
         .header_read_timeout(park.is_none().then_some(limits.header_timeout))
         .max_buf_size(limits.max_header_size.max(8192))
         .max_headers(limits.max_headers);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(256)
-        .max_header_list_size(u32::try_from(limits.max_header_size).unwrap_or(u32::MAX))
-        .keep_alive_interval(Some(Duration::from_secs(30)));
+    builder.http2().gatekeeper_h2(&limits);
     if park.as_ref().is_some_and(|p| p.served()) {
         builder = builder.http1_only();
     }
