@@ -148,7 +148,7 @@ pub async fn accept_loop(
                             // HTTP/2 ends its streams itself; an HTTP/1.1 connection
                             // may end with a body unread: kept for a lingering close.
                             if tls_stream.get_ref().1.alpn_protocol() == Some(b"h2") {
-                                serve_connection(tls_stream, peer, &local, true, None, Proto::Auto).await;
+                                serve_h2(tls_stream, peer, &local, true, None).await;
                             } else {
                                 let io = linger::Returning::new(tls_stream);
                                 let slot = io.slot();
@@ -240,6 +240,7 @@ async fn serve_active(
     header_timeout: Duration,
 ) -> Option<TcpStream> {
     let (state, shutdown) = (&local.state, &local.shutdown);
+    let started = tokio::time::Instant::now();
     let shared = Arc::new(park::Shared::new(served));
     shared.mark_waiting();
     let proto = if crate::ab::old(16) {
@@ -250,6 +251,13 @@ async fn serve_active(
     } else {
         sniff(&stream, header_timeout, shutdown).await?
     };
+    if proto == Proto::Http2 {
+        // h2c never parks: hyper's HTTP/2 server, with the first request due
+        // within what is left of the header timeout.
+        let left = header_timeout.saturating_sub(started.elapsed());
+        serve_h2(stream, peer, local, false, Some(left)).await;
+        return None;
+    }
     let io = park::Parkable::new(stream, shared.clone(), header_timeout);
     let clean = serve_connection(io, peer, local, false, Some(shared.clone()), proto).await;
     let parked = shared.take_parked();
@@ -267,7 +275,7 @@ async fn serve_active(
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Proto {
     Http1,
-    /// HTTP/2 with prior knowledge (h2c).
+    /// HTTP/2 with prior knowledge (h2c): [`serve_h2`].
     Http2,
     /// hyper-util's: reads the first bytes itself (TLS, and a plain connection
     /// whose first bytes left it open).
@@ -298,6 +306,73 @@ async fn sniff(stream: &TcpStream, limit: Duration, shutdown: &CancellationToken
         Some(b) if H2_PREFACE.starts_with(b) => Proto::Auto,
         _ => Proto::Http1,
     })
+}
+
+/// Serves an HTTP/2 connection (h2 by ALPN, or h2c by prior knowledge) until
+/// hyper is done with it; true when it ended cleanly. Each stream is a task
+/// of its own that hyper moves its service future into: boxed, so that what
+/// is moved is a pointer, not the handler's whole state. `first_request`: the
+/// connection is closed unless a request has begun by then.
+async fn serve_h2<I>(
+    stream: I,
+    peer: SocketAddr,
+    local: &Arc<Local>,
+    https: bool,
+    first_request: Option<Duration>,
+) -> bool
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (state, shutdown) = (&local.state, &local.shutdown);
+    let limits = state.snapshot().rt.config.server.clone();
+    let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    builder.gatekeeper_h2(&limits);
+    let begun = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let svc = {
+        let (begun, local) = (begun.clone(), local.clone());
+        service_fn(move |req: Request<Incoming>| {
+            begun.store(true, std::sync::atomic::Ordering::Relaxed);
+            let local = local.clone();
+            Box::pin(async move {
+                let state = &local.state;
+                let conn = Conn {
+                    peer,
+                    https,
+                    https_port: state.https_port(),
+                };
+                let resp = pipeline::handle(req, &conn, state).await;
+                Ok::<_, Infallible>(resp)
+            })
+        })
+    };
+    let conn = builder.serve_connection(TokioIo::new(stream), svc);
+    tokio::pin!(conn);
+    let deadline = tokio::time::sleep(first_request.unwrap_or_default());
+    tokio::pin!(deadline);
+    let mut waiting = first_request.is_some();
+    let r = loop {
+        tokio::select! {
+            r = conn.as_mut() => break r,
+            _ = deadline.as_mut(), if waiting => {
+                if !begun.load(std::sync::atomic::Ordering::Relaxed) {
+                    tracing::debug!(%peer, "no request within header_timeout on an h2c connection");
+                    return false;
+                }
+                waiting = false;
+            }
+            _ = shutdown.cancelled() => {
+                conn.as_mut().graceful_shutdown();
+                break conn.await;
+            }
+        }
+    };
+    match r {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::debug!(%peer, error = %e, "connection ended with an error");
+            false
+        }
+    }
 }
 
 /// Serves `stream` until hyper is done with it; true when it ended cleanly.
@@ -342,21 +417,14 @@ where
     });
     let io = TokioIo::new(stream);
     let r = match proto {
-        Proto::Http1 => {
+        // Not given here: HTTP/2 is served by `serve_h2`.
+        Proto::Http1 | Proto::Http2 => {
             let mut b = hyper::server::conn::http1::Builder::new();
             b.timer(TokioTimer::new())
                 .header_read_timeout(header_timeout)
                 .max_buf_size(limits.max_header_size.max(8192))
                 .max_headers(limits.max_headers);
             let conn = b.serve_connection(io, svc).with_upgrades();
-            drive(conn, shutdown, |c| c.graceful_shutdown())
-                .await
-                .map_err(Into::into)
-        }
-        Proto::Http2 => {
-            let mut b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-            b.settings(&limits);
-            let conn = b.serve_connection(io, svc);
             drive(conn, shutdown, |c| c.graceful_shutdown())
                 .await
                 .map_err(Into::into)
@@ -369,7 +437,7 @@ where
                 .header_read_timeout(header_timeout)
                 .max_buf_size(limits.max_header_size.max(8192))
                 .max_headers(limits.max_headers);
-            builder.http2().settings(&limits);
+            builder.http2().gatekeeper_h2(&limits);
             if served {
                 builder = builder.http1_only();
             }
@@ -389,24 +457,24 @@ where
 /// gatekeeper's HTTP/2 settings, on either builder (hyper's, and hyper-util's
 /// view of it for `Auto`: they share no trait).
 trait H2Settings {
-    fn settings(&mut self, limits: &crate::config::Server);
-}
-
-impl H2Settings for hyper::server::conn::http2::Builder<TokioExecutor> {
-    fn settings(&mut self, limits: &crate::config::Server) {
-        self.timer(TokioTimer::new())
-            .max_concurrent_streams(256)
-            .max_header_list_size(u32::try_from(limits.max_header_size).unwrap_or(u32::MAX))
-            .keep_alive_interval(Some(Duration::from_secs(30)));
-    }
+    fn gatekeeper_h2(&mut self, limits: &crate::config::Server) -> &mut Self;
 }
 
 impl H2Settings for auto::Http2Builder<'_, TokioExecutor> {
-    fn settings(&mut self, limits: &crate::config::Server) {
+    fn gatekeeper_h2(&mut self, limits: &crate::config::Server) -> &mut Self {
         self.timer(TokioTimer::new())
             .max_concurrent_streams(256)
             .max_header_list_size(u32::try_from(limits.max_header_size).unwrap_or(u32::MAX))
-            .keep_alive_interval(Some(Duration::from_secs(30)));
+            .keep_alive_interval(Some(Duration::from_secs(30)))
+    }
+}
+
+impl H2Settings for hyper::server::conn::http2::Builder<TokioExecutor> {
+    fn gatekeeper_h2(&mut self, limits: &crate::config::Server) -> &mut Self {
+        self.timer(TokioTimer::new())
+            .max_concurrent_streams(256)
+            .max_header_list_size(u32::try_from(limits.max_header_size).unwrap_or(u32::MAX))
+            .keep_alive_interval(Some(Duration::from_secs(30)))
     }
 }
 

@@ -311,3 +311,59 @@ async fn header_timeout_applies_to_connections_that_cannot_park() {
         );
     }
 }
+
+/// Reads (and drops) whatever `s` sends until it closes; how long that took.
+async fn closed_after(s: &mut TcpStream, t0: std::time::Instant) -> Duration {
+    let mut tmp = [0u8; 1024];
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), s.read(&mut tmp)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return t0.elapsed(),
+            Ok(Ok(_)) => continue,
+            Err(_) => panic!("still open after {:?}", t0.elapsed()),
+        }
+    }
+}
+
+/// The first request must begin within `header_timeout` of the connection's
+/// start whatever the client speaks: silence, an h2c preface with nothing
+/// after it, and a head begun late (the wait for its first bytes counts).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn header_timeout_counts_from_the_connections_start() {
+    let env = start_with(|c| {
+        c.set("server.header_timeout", &q("2s"));
+    });
+    // h2c: the preface and an empty SETTINGS frame, then nothing.
+    let h2c = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00";
+    for (what, delay, first) in [
+        ("silent", Duration::ZERO, &b""[..]),
+        ("h2c preface only", Duration::ZERO, &h2c[..]),
+        (
+            "half a head after 1.5 s",
+            Duration::from_millis(1500),
+            b"GET /echo HTTP/1.1\r\nHo",
+        ),
+    ] {
+        let t0 = std::time::Instant::now();
+        let mut s = connect_from(LOCALHOST, env.gk.addr).await.expect("connect");
+        tokio::time::sleep(delay).await;
+        s.write_all(first).await.expect("write");
+        let waited = closed_after(&mut s, t0).await;
+        assert!(waited >= Duration::from_millis(1700), "{what}: closed after {waited:?}");
+        assert!(waited < Duration::from_millis(3000), "{what}: closed after {waited:?}");
+    }
+    // An h2c client that asks in time is served, on the connection it opened.
+    let s = connect_from(LOCALHOST, env.gk.addr).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), hyper_util::rt::TokioIo::new(s))
+            .await
+            .expect("h2 handshake");
+    tokio::spawn(conn);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let req = http::Request::builder()
+        .uri("http://x/echo/late")
+        .body(empty())
+        .unwrap();
+    // The first request came after header_timeout: the connection is gone.
+    let late = tokio::time::timeout(Duration::from_secs(10), sender.send_request(req)).await;
+    assert!(matches!(late, Ok(Err(_))), "{late:?}");
+}
