@@ -41,7 +41,9 @@ struct Site {
     up: Upstream,
     gk: Gatekeeper,
     https: SocketAddr,
+    /// Offers h2 and http/1.1 (ALPN); `tls_h1` offers http/1.1 only.
     tls: Arc<ClientConfig>,
+    tls_h1: Arc<ClientConfig>,
 }
 
 impl Site {
@@ -74,13 +76,18 @@ impl Site {
             .unwrap()
             .with_root_certificates(roots)
             .with_no_client_auth();
+        // As browsers and curl do: offer h2 only when about to speak it (a
+        // client that negotiates h2 must speak h2, RFC 7301 §3.2).
+        let mut tls_h1 = tls.clone();
         tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        tls_h1.alpn_protocols = vec![b"http/1.1".to_vec()];
         Site {
             fx,
             up,
             gk,
             https,
             tls: Arc::new(tls),
+            tls_h1: Arc::new(tls_h1),
         }
     }
 
@@ -123,7 +130,8 @@ impl Site {
             tx.send_request(req).await
         } else {
             let name = ServerName::try_from("localhost").unwrap();
-            let tls = TlsConnector::from(self.tls.clone())
+            let config = if via == Via::TlsH2 { &self.tls } else { &self.tls_h1 };
+            let tls = TlsConnector::from(config.clone())
                 .connect(name, tcp)
                 .await
                 .expect("TLS handshake");
@@ -135,6 +143,7 @@ impl Site {
                 tokio::spawn(conn);
                 tx.send_request(req).await
             } else {
+                assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
                 let (mut tx, conn) = http1::handshake(TokioIo::new(tls)).await.expect("h1 handshake");
                 tokio::spawn(conn);
                 tx.send_request(req).await
