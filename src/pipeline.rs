@@ -288,11 +288,11 @@ fn record(
     let status = resp.status().as_u16();
     state.metrics.request(decision, status, outcome, elapsed);
     if let Some(line) = line {
-        let client = g
-            .resolved
-            .client
-            .map_or_else(|| "unknown".to_string(), |c| c.to_string());
-        let (client, peer, method, path) = (&client, &conn.peer, &line.method, &line.path);
+        let client: &dyn std::fmt::Display = match &g.resolved.client {
+            Some(c) => c,
+            None => &"unknown",
+        };
+        let (peer, method, path) = (&conn.peer, &line.method, &line.path);
         let (decision, upstream) = (decision.label(), outcome.map_or("-", Outcome::label));
         // The named token's name; SECURITY: never its value.
         let bypass = g.named.map_or("-", |n| &*n.token.name);

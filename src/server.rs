@@ -152,7 +152,7 @@ pub async fn accept_loop(
                             } else {
                                 let io = linger::Returning::new(tls_stream);
                                 let slot = io.slot();
-                                serve_connection(io, peer, &local, true, None, Proto::Auto).await;
+                                serve_connection(io, peer, &local, true, None, true).await;
                                 if let Some(s) = linger::take(&slot) {
                                     let linger = state.snapshot().rt.config.server.linger;
                                     linger::drain(s, linger, &state.metrics, shutdown).await;
@@ -259,7 +259,7 @@ async fn serve_active(
         return None;
     }
     let io = park::Parkable::new(stream, shared.clone(), header_timeout);
-    let clean = serve_connection(io, peer, local, false, Some(shared.clone()), proto).await;
+    let clean = serve_connection(io, peer, local, false, Some(shared.clone()), proto == Proto::Auto).await;
     let parked = shared.take_parked();
     if let (true, Some(s)) = (clean, parked) {
         return Some(s);
@@ -269,6 +269,29 @@ async fn serve_active(
         linger::drain(s, linger, &state.metrics, shutdown).await;
     }
     None
+}
+
+/// gatekeeper's HTTP/1.1 settings, on hyper's builder or on hyper-util's view
+/// of it (`Auto`): the two share no trait.
+macro_rules! http1_settings {
+    ($builder:expr, $limits:expr, $header_timeout:expr) => {
+        $builder
+            .timer(TokioTimer::new())
+            .header_read_timeout($header_timeout)
+            .max_buf_size($limits.max_header_size.max(8192))
+            .max_headers($limits.max_headers)
+    };
+}
+
+/// gatekeeper's HTTP/2 settings, likewise.
+macro_rules! http2_settings {
+    ($builder:expr, $limits:expr) => {
+        $builder
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(256)
+            .max_header_list_size(u32::try_from($limits.max_header_size).unwrap_or(u32::MAX))
+            .keep_alive_interval(Some(Duration::from_secs(30)))
+    };
 }
 
 /// Which of hyper's servers a connection gets.
@@ -326,7 +349,7 @@ where
     let (state, shutdown) = (&local.state, &local.shutdown);
     let limits = state.snapshot().rt.config.server.clone();
     let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-    builder.gatekeeper_h2(&limits);
+    http2_settings!(builder, limits);
     let begun = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let svc = {
         let (begun, local) = (begun.clone(), local.clone());
@@ -375,14 +398,17 @@ where
     }
 }
 
-/// Serves `stream` until hyper is done with it; true when it ended cleanly.
+/// Serves `stream` with HTTP/1.1 (HTTP/2 has [`serve_h2`]) until hyper is done
+/// with it; true when it ended cleanly. `auto`: hyper-util's server, which
+/// reads the first bytes itself and may still find HTTP/2 (TLS without ALPN
+/// h2, and a plain connection whose first bytes left it open).
 async fn serve_connection<I>(
     stream: I,
     peer: SocketAddr,
     local: &Arc<Local>,
     https: bool,
     park: Option<Arc<park::Shared>>,
-    proto: Proto,
+    auto: bool,
 ) -> bool
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
@@ -416,34 +442,22 @@ where
         }
     });
     let io = TokioIo::new(stream);
-    let r = match proto {
-        // Not given here: HTTP/2 is served by `serve_h2`.
-        Proto::Http1 | Proto::Http2 => {
-            let mut b = hyper::server::conn::http1::Builder::new();
-            b.timer(TokioTimer::new())
-                .header_read_timeout(header_timeout)
-                .max_buf_size(limits.max_header_size.max(8192))
-                .max_headers(limits.max_headers);
-            let conn = b.serve_connection(io, svc).with_upgrades();
-            drive(conn, shutdown, |c| c.graceful_shutdown())
-                .await
-                .map_err(Into::into)
+    let r = if auto {
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        http1_settings!(builder.http1(), limits, header_timeout);
+        http2_settings!(builder.http2(), limits);
+        if served {
+            builder = builder.http1_only();
         }
-        Proto::Auto => {
-            let mut builder = auto::Builder::new(TokioExecutor::new());
-            builder
-                .http1()
-                .timer(TokioTimer::new())
-                .header_read_timeout(header_timeout)
-                .max_buf_size(limits.max_header_size.max(8192))
-                .max_headers(limits.max_headers);
-            builder.http2().gatekeeper_h2(&limits);
-            if served {
-                builder = builder.http1_only();
-            }
-            let conn = builder.serve_connection_with_upgrades(io, svc);
-            drive(conn, shutdown, |c| c.graceful_shutdown()).await
-        }
+        let conn = builder.serve_connection_with_upgrades(io, svc);
+        drive(conn, shutdown, |c| c.graceful_shutdown()).await
+    } else {
+        let mut builder = hyper::server::conn::http1::Builder::new();
+        http1_settings!(builder, limits, header_timeout);
+        let conn = builder.serve_connection(io, svc).with_upgrades();
+        drive(conn, shutdown, |c| c.graceful_shutdown())
+            .await
+            .map_err(Into::into)
     };
     match r {
         Ok(()) => true,
@@ -451,30 +465,6 @@ where
             tracing::debug!(%peer, error = %e, "connection ended with an error");
             false
         }
-    }
-}
-
-/// gatekeeper's HTTP/2 settings, on either builder (hyper's, and hyper-util's
-/// view of it for `Auto`: they share no trait).
-trait H2Settings {
-    fn gatekeeper_h2(&mut self, limits: &crate::config::Server) -> &mut Self;
-}
-
-impl H2Settings for auto::Http2Builder<'_, TokioExecutor> {
-    fn gatekeeper_h2(&mut self, limits: &crate::config::Server) -> &mut Self {
-        self.timer(TokioTimer::new())
-            .max_concurrent_streams(256)
-            .max_header_list_size(u32::try_from(limits.max_header_size).unwrap_or(u32::MAX))
-            .keep_alive_interval(Some(Duration::from_secs(30)))
-    }
-}
-
-impl H2Settings for hyper::server::conn::http2::Builder<TokioExecutor> {
-    fn gatekeeper_h2(&mut self, limits: &crate::config::Server) -> &mut Self {
-        self.timer(TokioTimer::new())
-            .max_concurrent_streams(256)
-            .max_header_list_size(u32::try_from(limits.max_header_size).unwrap_or(u32::MAX))
-            .keep_alive_interval(Some(Duration::from_secs(30)))
     }
 }
 

@@ -27,6 +27,11 @@ pub fn set_worker() {
     WORKER.with(|w| w.set(true));
 }
 
+/// Whether this thread reuses timers (bench/ab.sh bit 8: not).
+fn reusing() -> bool {
+    WORKER.with(Cell::get) && !crate::ab::old(8)
+}
+
 /// A timer for `due`, given back to the thread's spares when dropped.
 pub struct Timer {
     sleep: Option<Pin<Box<Sleep>>>,
@@ -34,8 +39,7 @@ pub struct Timer {
 
 impl Timer {
     pub fn at(due: Instant) -> Timer {
-        let reuse = WORKER.with(Cell::get) && !crate::ab::old(8);
-        let spare = reuse
+        let spare = reusing()
             .then(|| SPARES.try_with(|s| s.try_borrow_mut().ok()?.pop()).ok().flatten())
             .flatten();
         let sleep = match spare {
@@ -68,7 +72,7 @@ impl Future for Timer {
 
 impl Drop for Timer {
     fn drop(&mut self) {
-        if !WORKER.with(Cell::get) || crate::ab::old(8) {
+        if !reusing() {
             return;
         }
         if let Some(mut s) = self.sleep.take() {
