@@ -26,67 +26,37 @@ DURATION=${DURATION:-3}
 CONNS=${CONNS:-64}
 TARGET=${TARGET:-proxied}
 BIN=${GATEKEEPER_BIN:-target/release/gatekeeper}
-for cmd in nginx wrk curl python3; do
-    command -v "$cmd" >/dev/null || { echo "$cmd is not installed" >&2; exit 1; }
-done
-[ -x "$BIN" ] || { echo "build first: cargo build --release --bin gatekeeper" >&2; exit 1; }
-
-W=$(mktemp -d /tmp/gatekeeper-ab.XXXXXX)
-UP_PID="" GK_PID=""
-cleanup() {
-    for p in $GK_PID $UP_PID; do kill "$p" 2>/dev/null && wait "$p" 2>/dev/null || true; done
-    rm -rf "$W"
-}
-trap cleanup EXIT
-
 # shellcheck source=bench/configs.sh
 source bench/configs.sh
-UP=$(free_port)
-mkdir -p "$W/up" "$W/toggle"
-upstream_conf "$W/up" "$UP" > "$W/up/nginx.conf"
-nginx -e "$W/up/error.log" -p "$W/up" -c "$W/up/nginx.conf" -g "daemon off;" &
-UP_PID=$!
-[ "$TARGET" = page ] && touch "$W/toggle/maintenance-mode-on"
+need nginx wrk curl python3
+[ -x "$BIN" ] || { echo "build first: cargo build --release --bin gatekeeper" >&2; exit 1; }
 
-cpu_ns() {
-    local t ns _ total=0
-    for t in /proc/"$1"/task/*; do
-        read -r ns _ < "$t/schedstat" 2>/dev/null || continue
-        total=$((total + ns))
-    done
-    echo "$total"
-}
+workdir ab
+
+start_upstream "$W/up"
+mkdir -p "$W/toggle"
+[ "$TARGET" = page ] && touch "$W/toggle/maintenance-mode-on"
 
 # run BITS: prints "req/s cpu_us_per_request" of one round
 run() {
     local port
     port=$(free_port)
-    cat > "$W/gk.toml" <<EOF
-listen = ["127.0.0.1:$port"]
-[upstream]
-url = "http://127.0.0.1:$UP"
-[maintenance]
-toggle = "$W/toggle/maintenance-mode-on"
-[log]
-access = false
-level = "warn"
-EOF
+    gk_plain_conf "$port" "$UP" "$W" > "$W/gk.toml"
     GATEKEEPER_AB=$1 "$BIN" run -c "$W/gk.toml" >/dev/null 2>&1 &
-    GK_PID=$!
-    for _ in $(seq 1 100); do curl -s -o /dev/null "http://127.0.0.1:$port/" && break; sleep 0.1; done
+    PROXY_PID=$!
+    wait_up "$port"
     local before after out n rps
-    before=$(cpu_ns "$GK_PID")
+    before=$(cpu_ns "$PROXY_PID")
     out=$(wrk -t2 -c"$CONNS" -d"${DURATION}s" "http://127.0.0.1:$port/")
-    after=$(cpu_ns "$GK_PID")
-    kill "$GK_PID"
-    wait "$GK_PID" 2>/dev/null || true
-    GK_PID=""
+    after=$(cpu_ns "$PROXY_PID")
+    kill "$PROXY_PID"
+    wait "$PROXY_PID" 2>/dev/null || true
+    PROXY_PID=""
     n=$(echo "$out" | awk '/requests in/ {print $1}')
     rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
     awk -v d=$((after - before)) -v n="$n" -v r="$rps" 'BEGIN { printf "%s %.3f\n", r, d / n / 1000 }'
 }
 
-for _ in $(seq 1 100); do curl -s -o /dev/null "http://127.0.0.1:$UP/" && break; sleep 0.1; done
 echo "# A=$A B=$B target=$TARGET pairs=$PAIRS duration=${DURATION}s conns=$CONNS load: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "pair a_rps a_us b_rps b_us" > "$W/results"
 for i in $(seq 1 "$PAIRS"); do

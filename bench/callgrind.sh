@@ -43,16 +43,7 @@ mkdir -p "$W/toggle" "$W/out" "$W/up"
 upstream_conf "$W/up" "$UP" > "$W/up/nginx.conf"
 nginx -e "$W/up/error.log" -p "$W/up" -c "$W/up/nginx.conf" -g 'daemon off;' &
 NGINX_PID=$!
-cat > "$W/gk.toml" <<EOF
-listen = ["127.0.0.1:$GK"]
-[upstream]
-url = "http://127.0.0.1:$UP"
-[maintenance]
-toggle = "$W/toggle/maintenance-mode-on"
-[log]
-access = false
-level = "warn"
-EOF
+gk_plain_conf "$GK" "$UP" "$W" > "$W/gk.toml"
 cat > "$W/client.py" <<'EOF'
 import http.client, sys
 port, n = int(sys.argv[1]), int(sys.argv[2])

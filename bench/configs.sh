@@ -1,9 +1,71 @@
-# Config writers shared by the bench scripts (sourced, not run), so that every
-# measurement puts nginx and HAProxy in the same configuration. Each prints a
-# config; DIR is the instance's own directory (pid, logs, temp files).
+# Config writers and helpers shared by the bench scripts (sourced, not run), so
+# that every measurement puts nginx and HAProxy in the same configuration and
+# counts the same way. Each writer prints a config; DIR is the instance's own
+# directory (pid, logs, temp files).
 
 free_port() { # a loopback port free now (for one server at a time; run.sh takes its ports at once)
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+need() { # CMD... : exits with a message unless every one is installed
+  local c
+  for c in "$@"; do command -v "$c" >/dev/null || { echo "$c is not installed" >&2; exit 1; }; done
+}
+
+workdir() { # NAME : W = a fresh /tmp/gatekeeper-NAME.* dir; on exit the processes in
+  # UP_PID and PROXY_PID are stopped and W is removed
+  W=$(mktemp -d "/tmp/gatekeeper-$1.XXXXXX")
+  UP_PID="" PROXY_PID=""
+  trap 'for p in $PROXY_PID $UP_PID; do kill "$p" 2>/dev/null && wait "$p" 2>/dev/null || true; done; rm -rf "$W"' EXIT
+}
+
+wait_up() { # PORT : until something answers HTTP on 127.0.0.1:PORT (10 s at most; never fails)
+  local _
+  for _ in $(seq 1 100); do curl -s -o /dev/null "http://127.0.0.1:$1/" && return 0; sleep 0.1; done
+  return 0
+}
+
+cpu_ns() { # PID... : on-CPU nanoseconds of every thread of these processes and their
+  # children (nginx's workers), each process counted once: schedstat, exact, user and kernel
+  local p t ns _ total=0
+  for p in $({ for p in "$@"; do echo "$p"; pgrep -P "$p" || true; done; } | sort -u); do
+    for t in /proc/"$p"/task/*; do
+      read -r ns _ <"$t/schedstat" 2>/dev/null || continue
+      total=$((total + ns))
+    done
+  done
+  echo "$total"
+}
+
+pin_setup() { # from PIN=1: WORKERS=1, ON_PROXY/ON_LOAD = taskset prefixes (the proxy on
+  # PROXY_CPU, default 1; the load on LOAD_CPU, default 0); otherwise WORKERS=2, no prefixes
+  WORKERS=2 ON_PROXY=() ON_LOAD=()
+  if [ "${PIN:-0}" = 1 ]; then
+    command -v taskset >/dev/null || { echo "pinning needs taskset (util-linux)" >&2; exit 1; }
+    WORKERS=1 ON_PROXY=(taskset -c "${PROXY_CPU:-1}") ON_LOAD=(taskset -c "${LOAD_CPU:-0}")
+  fi
+  export WORKERS
+}
+
+start_upstream() { # DIR [PREFIX...] : the app (upstream_conf) in the background, run under
+  # PREFIX (taskset ...) if given; sets UP (its port) and UP_PID, returns once it answers
+  local d=$1
+  shift
+  UP=$(free_port)
+  mkdir -p "$d"
+  upstream_conf "$d" "$UP" >"$d/nginx.conf"
+  "$@" nginx -e "$d/error.log" -p "$d" -c "$d/nginx.conf" -g "daemon off;" &
+  UP_PID=$!
+  wait_up "$UP"
+}
+
+gk_plain_conf() { # PORT UPSTREAM_PORT DIR [WORKERS] : gatekeeper as the focused scripts run it
+  # (toggle under DIR/toggle, no access log)
+  mkdir -p "$3/toggle"
+  printf 'listen = ["127.0.0.1:%s"]\n' "$1"
+  if [ -n "${4:-}" ]; then printf '[server]\nworkers = %s\n' "$4"; fi
+  printf '[upstream]\nurl = "http://127.0.0.1:%s"\n[maintenance]\ntoggle = "%s/toggle/maintenance-mode-on"\n' "$2" "$3"
+  printf '[log]\naccess = false\nlevel = "warn"\n'
 }
 
 nginx_common() { # DIR : global part shared by every nginx instance

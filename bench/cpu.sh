@@ -22,26 +22,14 @@ DURATION=${DURATION:-4}
 BIN=${GATEKEEPER_BIN:-target/release/gatekeeper}
 FLOOR=${FLOOR_BIN:-target/release/examples/hyper_floor}
 TARGETS=(nginx haproxy gatekeeper floor floor-raw)
-for cmd in nginx haproxy wrk curl python3; do
-    command -v "$cmd" >/dev/null || { echo "$cmd is not installed" >&2; exit 1; }
-done
-[ -x "$BIN" ] && [ -x "$FLOOR" ] || { echo "build first: cargo build --release --bin gatekeeper --example hyper_floor" >&2; exit 1; }
-
-W=$(mktemp -d /tmp/gatekeeper-cpu.XXXXXX)
-UP_PID="" PROXY_PID=""
-cleanup() {
-    for p in $PROXY_PID $UP_PID; do kill "$p" 2>/dev/null && wait "$p" 2>/dev/null || true; done
-    rm -rf "$W"
-}
-trap cleanup EXIT
-
 # shellcheck source=bench/configs.sh
 source bench/configs.sh
-UP=$(free_port)
-mkdir -p "$W/up"
-upstream_conf "$W/up" "$UP" > "$W/up/nginx.conf"
-nginx -e "$W/up/error.log" -p "$W/up" -c "$W/up/nginx.conf" -g "daemon off;" &
-UP_PID=$!
+need nginx haproxy wrk curl python3
+[ -x "$BIN" ] && [ -x "$FLOOR" ] || { echo "build first: cargo build --release --bin gatekeeper --example hyper_floor" >&2; exit 1; }
+
+workdir cpu
+
+start_upstream "$W/up"
 
 # The proxies' configs, as bench/run.sh writes them: two workers each.
 proxy_configs() {
@@ -49,31 +37,9 @@ proxy_configs() {
     mkdir -p "$d/toggle"
     nginx_proxy_conf "$d" "$port" "$UP" > "$d/nginx.conf"
     haproxy_conf "$d" "$port" "$UP" > "$d/haproxy.cfg"
-    cat > "$d/gatekeeper.toml" <<EOF
-listen = ["127.0.0.1:$port"]
-[upstream]
-url = "http://127.0.0.1:$UP"
-[maintenance]
-toggle = "$d/toggle/maintenance-mode-on"
-[log]
-access = false
-level = "warn"
-EOF
+    gk_plain_conf "$port" "$UP" "$d" > "$d/gatekeeper.toml"
 }
 
-# On-CPU nanoseconds of all threads of PID and its child processes (nginx's workers).
-cpu_ns() {
-    local p t ns _ total=0
-    for p in "$1" $(pgrep -P "$1" || true); do
-        for t in /proc/"$p"/task/*; do
-            read -r ns _ < "$t/schedstat" 2>/dev/null || continue
-            total=$((total + ns))
-        done
-    done
-    echo "$total"
-}
-
-for _ in $(seq 1 100); do curl -s -o /dev/null "http://127.0.0.1:$UP/" && break; sleep 0.1; done
 echo "round target req/s cpu_us_per_request" > "$W/results"
 for r in $(seq 1 "$ROUNDS"); do
     for t in "${TARGETS[@]}"; do
@@ -88,7 +54,7 @@ for r in $(seq 1 "$ROUNDS"); do
             floor-raw) "$FLOOR" "127.0.0.1:$port" "127.0.0.1:$UP" 2 raw & ;;
         esac
         PROXY_PID=$!
-        for _ in $(seq 1 100); do curl -s -o /dev/null "http://127.0.0.1:$port/" && break; sleep 0.1; done
+        wait_up "$port"
         before=$(cpu_ns "$PROXY_PID")
         out=$(wrk -t2 -c64 -d"${DURATION}s" "http://127.0.0.1:$port/")
         after=$(cpu_ns "$PROXY_PID")

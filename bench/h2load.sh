@@ -280,7 +280,7 @@ log "work dir $T; starting servers on 127.0.0.1 ($WORKERS worker(s) each$( ((PIN
 start upstream "${ON_LOAD[@]}" nginx -e "$T/upstream/error.log" -p "$T/upstream" -c "$T/upstream/nginx.conf" -g 'daemon off;'
 TARGETS=(gk)
 if [[ -n $GK_BIN_B ]]; then TARGETS+=(gk-b); fi
-declare -A PID_OF # target -> its processes (CPU time is summed over them)
+declare -A PID_OF # target -> its processes (CPU time is summed over them and their children: cpu_ns)
 if ((NGINX_REF)); then
   TARGETS+=(nginx)
   start nginx "${ON_PROXY[@]}" nginx -e "$T/nginx/error.log" -p "$T/nginx" -c "$T/nginx/nginx.conf" -g 'daemon off;'
@@ -325,9 +325,6 @@ wait_for "http://127.0.0.1:$P_UP/" 200
 for pid in "${PIDS[@]}"; do
   for p in $(ps -o pid= --ppid "$pid"); do EXTRA_PIDS+=("$p"); done
 done
-if ((NGINX_REF)); then # nginx's workers do the work
-  for pid in ${PID_OF[nginx]}; do PID_OF[nginx]+=" $(ps -o pid= --ppid "$pid" | tr '\n' ' ')"; done
-fi
 # URLs per target and scenario.
 declare -A URL
 for t in "${TARGETS[@]}"; do
@@ -362,18 +359,6 @@ maintenance() { # on|off : flip gatekeeper and wait until it shows
   for t in "${TARGETS[@]}"; do
     if [[ $t == gk* ]]; then wait_for "${URL[$t/tls]}" "$want" --http2; fi
   done
-}
-
-# cpu_ns PID... : on-CPU nanoseconds of every thread of these processes (schedstat, as bench/cpu.sh)
-cpu_ns() {
-  local pid t ns total=0
-  for pid in "$@"; do
-    for t in /proc/"$pid"/task/*; do
-      read -r ns _ <"$t/schedstat" 2>/dev/null || continue
-      total=$((total + ns))
-    done
-  done
-  echo "$total"
 }
 
 # run TARGET SCENARIO : one h2load run; appends "TARGET SCENARIO ROUND req/s mean_ms 2xx 5xx done errored cpu_ns" to results

@@ -2,8 +2,8 @@
 # The latency distribution at many connections: nginx and gatekeeper variants
 # (runtime settings given as environment, read by each worker: see src/ab.rs)
 # proxying to the same nginx `return 200`, `wrk --latency` at CONNS connections,
-# rounds interleaved; p50/p90/p99/p99.9 of each run (wrk's own histogram, read
-# by a reporter script), then medians over rounds and ratios to nginx.
+# rounds interleaved; p50/p90/p99/p99.9 of each run (wrk's own histogram, from
+# bench/report.lua), then medians over rounds and ratios to nginx.
 #
 #   bench/latency.sh                                  # nginx, gatekeeper as built
 #   bench/latency.sh "GATEKEEPER_EVENT_INTERVAL=16" "GATEKEEPER_EVENT_INTERVAL=128"
@@ -19,63 +19,41 @@ ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-5}
 CONNS=${CONNS:-512}
 BIN=${GATEKEEPER_BIN:-target/release/gatekeeper}
-WORKERS=2 ON_PROXY=() ON_LOAD=()
-if [ "${PIN:-0}" = 1 ]; then WORKERS=1 ON_PROXY=(taskset -c 1) ON_LOAD=(taskset -c 0); fi
-export WORKERS
-for cmd in nginx wrk curl python3; do
-    command -v "$cmd" >/dev/null || { echo "$cmd is not installed" >&2; exit 1; }
-done
+# shellcheck source=bench/configs.sh
+source bench/configs.sh
+pin_setup
+need nginx wrk curl python3
 [ -x "$BIN" ] || { echo "build first: cargo build --release --bin gatekeeper" >&2; exit 1; }
 VARIANTS=("" "$@")
 
-W=$(mktemp -d /tmp/gatekeeper-latency.XXXXXX)
-UP_PID="" PROXY_PID=""
-cleanup() {
-    for p in $PROXY_PID $UP_PID; do kill "$p" 2>/dev/null && wait "$p" 2>/dev/null || true; done
-    rm -rf "$W"
-}
-trap cleanup EXIT
+workdir latency
 
-# shellcheck source=bench/configs.sh
-source bench/configs.sh
-UP=$(free_port)
-mkdir -p "$W/up"
-upstream_conf "$W/up" "$UP" > "$W/up/nginx.conf"
-"${ON_LOAD[@]}" nginx -e "$W/up/error.log" -p "$W/up" -c "$W/up/nginx.conf" -g "daemon off;" &
-UP_PID=$!
-for _ in $(seq 1 100); do curl -s -o /dev/null "http://127.0.0.1:$UP/" && break; sleep 0.1; done
-cat > "$W/lat.lua" <<'EOF'
-done = function(summary, latency, requests)
-  io.write(string.format("LAT %.0f %.3f %.3f %.3f %.3f\n", summary.requests / (summary.duration / 1e6),
-    latency:percentile(50) / 1000, latency:percentile(90) / 1000, latency:percentile(99) / 1000,
-    latency:percentile(99.9) / 1000))
-end
-EOF
+start_upstream "$W/up" "${ON_LOAD[@]}"
 
 # one LABEL ENV : one wrk run against a fresh proxy; appends a line to results
 one() {
     local label=$1 envs=$2 port d
     port=$(free_port)
     d="$W/p$port"
-    mkdir -p "$d/toggle"
+    mkdir -p "$d"
     if [ "$label" = nginx ]; then
         nginx_proxy_conf "$d" "$port" "$UP" > "$d/nginx.conf"
         "${ON_PROXY[@]}" nginx -e "$d/error.log" -p "$d" -c "$d/nginx.conf" -g "daemon off;" &
     else
-        printf 'listen = ["127.0.0.1:%s"]\n[server]\nworkers = %s\n[upstream]\nurl = "http://127.0.0.1:%s"\n[maintenance]\ntoggle = "%s/toggle/maintenance-mode-on"\n[log]\naccess = false\nlevel = "warn"\n' \
-            "$port" "$WORKERS" "$UP" "$d" > "$d/gk.toml"
+        gk_plain_conf "$port" "$UP" "$d" "$WORKERS" > "$d/gk.toml"
         # shellcheck disable=SC2086 # ENV is word-split on purpose: VAR=VALUE pairs
         env $envs "${ON_PROXY[@]}" "$BIN" run -c "$d/gk.toml" >/dev/null 2>&1 &
     fi
     PROXY_PID=$!
-    for _ in $(seq 1 100); do curl -s -o /dev/null "http://127.0.0.1:$port/" && break; sleep 0.1; done
-    "${ON_LOAD[@]}" wrk -t2 -c"$CONNS" -d"${DURATION}s" --timeout 5s -s "$W/lat.lua" \
+    wait_up "$port"
+    "${ON_LOAD[@]}" wrk -t2 -c"$CONNS" -d"${DURATION}s" --timeout 5s -s bench/report.lua \
         "http://127.0.0.1:$port/" > "$d/wrk.out" 2>&1 || true
     kill "$PROXY_PID"
     wait "$PROXY_PID" 2>/dev/null || true
     PROXY_PID=""
     local lat
-    lat=$(awk '/^LAT / { print $2 "\t" $3 "\t" $4 "\t" $5 "\t" $6 }' "$d/wrk.out")
+    # WRK requests duration_us ... p50_us p99_us max_us p90_us p999_us (bench/report.lua)
+    lat=$(awk '/^WRK / { printf "%.0f\t%.3f\t%.3f\t%.3f\t%.3f", $2 / ($3 / 1e6), $9 / 1000, $12 / 1000, $10 / 1000, $13 / 1000 }' "$d/wrk.out")
     [ -n "$lat" ] || { cat "$d/wrk.out" >&2; echo "wrk failed for $label" >&2; exit 1; }
     printf '%s\t%s\n' "$label" "$lat" >> "$W/results"
 }

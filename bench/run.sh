@@ -377,7 +377,7 @@ bench() {
   SAMPLER=""
   line=$(grep '^WRK ' <<<"$out" || true)
   [[ -n $line ]] || { echo "$out" >&2; die "wrk failed for $key"; }
-  # WRK requests duration_us connect read write status timeout p50_us p99_us max_us
+  # WRK requests duration_us connect read write status timeout p50_us p99_us max_us (p90_us p999_us)
   read -r _ req dus ec er ew es et p50 p99 _ <<<"$line"
   local errs=$((ec + er + ew + et))
   [[ $sec == maint ]] || errs=$((errs + es)) # 503 is the expected answer of the maintenance page

@@ -16,49 +16,24 @@ cd "$(dirname "$0")/.."
 export PATH="$PATH:/usr/sbin:/sbin"
 DURATION=${DURATION:-5}
 BIN=${GATEKEEPER_BIN:-target/release/gatekeeper}
-WORKERS=2 ON_PROXY=() ON_LOAD=()
-if [ "${PIN:-0}" = 1 ]; then WORKERS=1 ON_PROXY=(taskset -c 1) ON_LOAD=(taskset -c 0); fi
-export WORKERS
-for cmd in nginx haproxy wrk curl python3 ss; do
-    command -v "$cmd" >/dev/null || { echo "$cmd is not installed" >&2; exit 1; }
-done
-[ -x "$BIN" ] || { echo "build first: cargo build --release --bin gatekeeper" >&2; exit 1; }
-
-W=$(mktemp -d /tmp/gatekeeper-upconns.XXXXXX)
-UP_PID="" PROXY_PID=""
-cleanup() {
-    for p in $PROXY_PID $UP_PID; do kill "$p" 2>/dev/null && wait "$p" 2>/dev/null || true; done
-    rm -rf "$W"
-}
-trap cleanup EXIT
-
 # shellcheck source=bench/configs.sh
 source bench/configs.sh
-UP=$(free_port)
-mkdir -p "$W/up"
-upstream_conf "$W/up" "$UP" > "$W/up/nginx.conf"
-"${ON_LOAD[@]}" nginx -e "$W/up/error.log" -p "$W/up" -c "$W/up/nginx.conf" -g "daemon off;" &
-UP_PID=$!
-for _ in $(seq 1 100); do curl -s -o /dev/null "http://127.0.0.1:$UP/" && break; sleep 0.1; done
+pin_setup
+need nginx haproxy wrk curl python3 ss
+[ -x "$BIN" ] || { echo "build first: cargo build --release --bin gatekeeper" >&2; exit 1; }
+
+workdir upconns
+
+start_upstream "$W/up" "${ON_LOAD[@]}"
 
 accepts() { curl -s "http://127.0.0.1:$UP/.upstream-status" | awk 'NR == 3 { print $1 }'; }
-cpu_ns() { # every thread of PID and its children
-    local p t ns _ total=0
-    for p in "$1" $(pgrep -P "$1" || true); do
-        for t in /proc/"$p"/task/*; do
-            read -r ns _ < "$t/schedstat" 2>/dev/null || continue
-            total=$((total + ns))
-        done
-    done
-    echo "$total"
-}
 
 printf '%-11s %6s %10s %16s %14s %18s\n' proxy conns req/s "app accepted" "most open" "app CPU us/req"
 for conns in 64 512; do
     for t in nginx haproxy gatekeeper; do
         port=$(free_port)
         d="$W/$t$conns"
-        mkdir -p "$d/toggle"
+        mkdir -p "$d"
         case $t in
             nginx)
                 nginx_proxy_conf "$d" "$port" "$UP" > "$d/nginx.conf"
@@ -67,12 +42,11 @@ for conns in 64 512; do
                 haproxy_conf "$d" "$port" "$UP" > "$d/haproxy.cfg"
                 "${ON_PROXY[@]}" haproxy -db -f "$d/haproxy.cfg" >/dev/null 2>&1 & ;;
             gatekeeper)
-                printf 'listen = ["127.0.0.1:%s"]\n[server]\nworkers = %s\n[upstream]\nurl = "http://127.0.0.1:%s"\n[maintenance]\ntoggle = "%s/toggle/maintenance-mode-on"\n[log]\naccess = false\nlevel = "warn"\n' \
-                    "$port" "$WORKERS" "$UP" "$d" > "$d/gk.toml"
+                gk_plain_conf "$port" "$UP" "$d" "$WORKERS" > "$d/gk.toml"
                 "${ON_PROXY[@]}" "$BIN" run -c "$d/gk.toml" >/dev/null 2>&1 & ;;
         esac
         PROXY_PID=$!
-        for _ in $(seq 1 100); do curl -s -o /dev/null "http://127.0.0.1:$port/" && break; sleep 0.1; done
+        wait_up "$port"
         a0=$(accepts)
         c0=$(cpu_ns "$UP_PID")
         "${ON_LOAD[@]}" wrk -t2 -c"$conns" -d"${DURATION}s" "http://127.0.0.1:$port/" > "$d/wrk.out" &
