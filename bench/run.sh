@@ -25,7 +25,7 @@ QUICK=0 KEEP=0 BUILD=1 INSTALL=1 PIN=0
 for arg in "$@"; do
   case $arg in
     --quick) QUICK=1 ;;
-    --pin) PIN=1 ;;
+    --pin) PIN=1 ;; # for pin_setup (bench/configs.sh)
     --keep) KEEP=1 ;;
     --no-build) BUILD=0 ;;
     --no-install) INSTALL=0 ;;
@@ -42,14 +42,6 @@ else
   ROUNDS=${ROUNDS:-5} DURATION=${DURATION:-6} WARMUP=2 RELOADS=5 MODE=full
 fi
 THREADS=2              # wrk threads
-# Unpinned, everything shares every core and each proxy has 2 workers; pinned,
-# the proxies have one core and one worker each, the load the other core.
-WORKERS=2 ON_PROXY=() ON_LOAD=()
-if ((PIN)); then
-  command -v taskset >/dev/null || { echo "--pin needs taskset (util-linux)" >&2; exit 1; }
-  WORKERS=1 ON_PROXY=(taskset -c "${PROXY_CPU:-1}") ON_LOAD=(taskset -c "${LOAD_CPU:-0}")
-fi
-export WORKERS # bench/configs.sh
 PROXY_CONNS=(64 512)   # proxied section
 SIDE_CONNS=(64)        # maintenance page and allowlist sections
 ALLOW_N=100000
@@ -188,6 +180,9 @@ read -r P_UP P_NGX P_HAP P_GK P_NGXM P_GKM P_GKA1 P_GKA100K P_GKP P_GKI P_FLOOR 
 # ---------------------------------------------------------------- configs
 # shellcheck source=bench/configs.sh
 source "$HERE/configs.sh"
+# Unpinned, everything shares every core and each proxy has 2 workers; pinned,
+# the proxies have one core and one worker each, the load the other core.
+pin_setup
 
 mkdir -p "$T/upstream" "$T/nginx" "$T/nginx-maint" "$T/haproxy"
 upstream_conf "$T/upstream" "$P_UP" >"$T/upstream/nginx.conf"
