@@ -13,6 +13,8 @@
 #   bench/ab.sh 0 1              # A = the kept code, B = the old side of bit 1
 #   PAIRS=30 DURATION=3 bench/ab.sh 0 7
 #   TARGET=page bench/ab.sh 0 1  # the maintenance page instead of the proxied path
+#   GATEKEEPER_BIN_B=/tmp/new bench/ab.sh 0 0   # two builds: B runs the second binary
+#                                 # (for a change no switch can select, such as a type's layout)
 #
 # Needs nginx, wrk, curl, python3 (bench/run.sh installs them) and the release
 # build. Loopback only; bounded: PAIRS × 2 runs of DURATION seconds.
@@ -26,10 +28,13 @@ DURATION=${DURATION:-3}
 CONNS=${CONNS:-64}
 TARGET=${TARGET:-proxied}
 BIN=${GATEKEEPER_BIN:-target/release/gatekeeper}
+BIN_B=${GATEKEEPER_BIN_B:-$BIN}
 # shellcheck source=bench/configs.sh
 source bench/configs.sh
 need nginx wrk curl python3
-[ -x "$BIN" ] || { echo "build first: cargo build --release --bin gatekeeper" >&2; exit 1; }
+for b in "$BIN" "$BIN_B"; do
+    [ -x "$b" ] || { echo "$b: build first: cargo build --release --bin gatekeeper" >&2; exit 1; }
+done
 
 workdir ab
 
@@ -37,12 +42,12 @@ start_upstream "$W/up"
 mkdir -p "$W/toggle"
 [ "$TARGET" = page ] && touch "$W/toggle/maintenance-mode-on"
 
-# run BITS: prints "req/s cpu_us_per_request" of one round
+# run BITS BINARY: prints "req/s cpu_us_per_request" of one round
 run() {
-    local port
+    local port bin=$2
     port=$(free_port)
     gk_plain_conf "$port" "$UP" "$W" > "$W/gk.toml"
-    GATEKEEPER_AB=$1 "$BIN" run -c "$W/gk.toml" >/dev/null 2>&1 &
+    GATEKEEPER_AB=$1 "$bin" run -c "$W/gk.toml" >/dev/null 2>&1 &
     PROXY_PID=$!
     wait_up "$port"
     local before after out n rps
@@ -57,10 +62,16 @@ run() {
     awk -v d=$((after - before)) -v n="$n" -v r="$rps" 'BEGIN { printf "%s %.3f\n", r, d / n / 1000 }'
 }
 
-echo "# A=$A B=$B target=$TARGET pairs=$PAIRS duration=${DURATION}s conns=$CONNS load: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "# A=$A ($BIN) B=$B ($BIN_B) target=$TARGET pairs=$PAIRS duration=${DURATION}s conns=$CONNS load: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "pair a_rps a_us b_rps b_us" > "$W/results"
 for i in $(seq 1 "$PAIRS"); do
-    if [ $((i % 2)) = 1 ]; then a=$(run "$A"); b=$(run "$B"); else b=$(run "$B"); a=$(run "$A"); fi
+    if [ $((i % 2)) = 1 ]; then
+        a=$(run "$A" "$BIN")
+        b=$(run "$B" "$BIN_B")
+    else
+        b=$(run "$B" "$BIN_B")
+        a=$(run "$A" "$BIN")
+    fi
     echo "$i $a $b" | tee -a "$W/results"
 done
 

@@ -2,8 +2,9 @@
 //! resolved client), what maintenance looks like, which credential it carries,
 //! where it goes. Pure: a request head, a snapshot and the time in, facts out.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
+use bytes::Bytes;
 use http::header::{HeaderValue, ACCESS_CONTROL_REQUEST_METHOD, HOST};
 use http::{Method, Request};
 
@@ -18,13 +19,39 @@ use crate::state::Snapshot;
 use crate::tokens::Presented;
 
 /// How a request arrived.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Conn {
     pub peer: SocketAddr,
     /// On a TLS listener.
     pub https: bool,
     /// The first TLS listener's bound port, for redirects to https.
     pub https_port: Option<u16>,
+    /// The peer's address as the upstream gets it in X-Real-IP and
+    /// X-Forwarded-For when the client is the peer itself (see [`peer_value`]).
+    pub peer_value: Option<HeaderValue>,
+}
+
+impl Conn {
+    pub fn new(peer: SocketAddr, https: bool, https_port: Option<u16>) -> Conn {
+        Conn {
+            peer,
+            https,
+            https_port,
+            peer_value: peer_value(peer.ip()),
+        }
+    }
+}
+
+/// `ip` (IPv4-mapped folded, as the client address is) as a header value:
+/// made once per connection rather than formatted and copied for each request.
+pub fn peer_value(ip: IpAddr) -> Option<HeaderValue> {
+    let mut text = String::with_capacity(40);
+    client_ip::push_ip(&mut text, ip.to_canonical());
+    let v = HeaderValue::from_maybe_shared(Bytes::from(text)).ok()?;
+    // The first clone of bytes made from a string shares them (an allocation):
+    // done here, so that each request's clone is a count.
+    drop(v.clone());
+    Some(v)
 }
 
 /// The facts the decision reads, and what answering it will need.
@@ -202,4 +229,27 @@ fn https_location<B>(
     };
     let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
     HeaderValue::from_str(&format!("https://{target_host}{pq}")).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peer_value_is_the_folded_address_as_the_client_address_is_formatted() {
+        for (peer, want) in [
+            ("127.0.0.3:5000", "127.0.0.3"),
+            ("[::1]:5000", "::1"),
+            ("[2001:db8::7]:443", "2001:db8::7"),
+            // A v4 client on a dual-stack socket: the same text as the client address.
+            ("[::ffff:192.0.2.9]:80", "192.0.2.9"),
+        ] {
+            let peer: SocketAddr = peer.parse().unwrap();
+            let conn = Conn::new(peer, false, None);
+            let mut text = String::new();
+            client_ip::push_ip(&mut text, peer.ip().to_canonical());
+            assert_eq!(text, want);
+            assert_eq!(conn.peer_value.as_ref().map(|v| v.to_str().unwrap()), Some(want));
+        }
+    }
 }

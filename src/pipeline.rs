@@ -18,7 +18,7 @@ use crate::bypass;
 use crate::decision::{decide, Decision, Endpoint, Mark, Refusal};
 use crate::endpoints;
 use crate::facts::{gather, request_host, Conn, Gathered};
-use crate::forward::{forward, Outcome};
+use crate::forward::{forward, ForwardError, Outcome};
 use crate::hold::Held;
 use crate::page;
 use crate::rewrite::Origin;
@@ -30,76 +30,90 @@ static X_MAINTENANCE_MODE: HeaderName = HeaderName::from_static("x-maintenance-m
 const DISCARD_WITHIN: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Handles one request.
-pub async fn handle<B>(mut req: Request<B>, conn: &Conn, state: &State) -> Response<Body>
+///
+/// An `async move` block rather than an `async fn`, which would keep the
+/// request twice (its argument and a local copy); hyper moves this future
+/// several times on its way into the connection's slot (see `forward`).
+#[allow(clippy::manual_async_fn)] // deliberate: see above
+pub fn handle<'a, B>(
+    mut req: Request<B>,
+    conn: &'a Conn,
+    state: &'a State,
+) -> impl std::future::Future<Output = Response<Body>> + 'a
 where
     B: HttpBody<Data = Bytes> + Send + Sync + Unpin + 'static,
     B::Error: Into<BoxError>,
 {
-    let start = Instant::now();
-    let mut held: Option<Duration> = None;
-    // A released request's turn at the app, kept until its answer's head is in.
-    let mut _admitted = None;
-    loop {
-        let snap = state.snapshot();
-        // The clock matters only for cookies and windows: read it only then.
-        let m = &snap.maint;
-        let now = if m.present && (m.secret.is_some() || m.until.is_some() || !snap.rt.tokens.is_empty()) {
-            jiff::Timestamp::now()
-        } else {
-            jiff::Timestamp::UNIX_EPOCH
-        };
-        let g = gather(&req, conn, &snap, now);
-        let mut decision = decide(&g.facts);
-        if decision == Decision::Hold {
-            _admitted = None;
-            let since = Instant::now();
-            let cfg = &snap.rt.config.maintenance;
-            // Boxed: rare, and the handler's future stays small.
-            let waited = Box::pin(state.holds.wait(cfg.max_held, snap.maint.pause_max, || {
-                let now = state.snapshot();
-                now.maint.active && now.maint.paused
-            }))
-            .await;
-            *held.get_or_insert(Duration::ZERO) += since.elapsed();
-            match waited {
-                // Decided again on what is true now: the pause may have become anything.
-                Held::Released => {
-                    _admitted = Box::pin(state.holds.admit()).await;
-                    continue;
+    async move {
+        let start = Instant::now();
+        let mut held: Option<Duration> = None;
+        // A released request's turn at the app, kept until its answer's head is in.
+        let mut _admitted = None;
+        loop {
+            let snap = state.snapshot();
+            // The clock matters only for cookies and windows: read it only then.
+            let m = &snap.maint;
+            let now = if m.present && (m.secret.is_some() || m.until.is_some() || !snap.rt.tokens.is_empty()) {
+                jiff::Timestamp::now()
+            } else {
+                jiff::Timestamp::UNIX_EPOCH
+            };
+            let g = gather(&req, conn, &snap, now);
+            let mut decision = decide(&g.facts);
+            if decision == Decision::Hold {
+                _admitted = None;
+                let since = Instant::now();
+                let cfg = &snap.rt.config.maintenance;
+                // Boxed: rare, and the handler's future stays small.
+                let waited = Box::pin(state.holds.wait(cfg.max_held, snap.maint.pause_max, || {
+                    let now = state.snapshot();
+                    now.maint.active && now.maint.paused
+                }))
+                .await;
+                *held.get_or_insert(Duration::ZERO) += since.elapsed();
+                match waited {
+                    // Decided again on what is true now: the pause may have become anything.
+                    Held::Released => {
+                        _admitted = Box::pin(state.holds.admit()).await;
+                        continue;
+                    }
+                    Held::TimedOut | Held::Full => decision = Decision::Page,
                 }
-                Held::TimedOut | Held::Full => decision = Decision::Page,
             }
+            let cfg = &snap.rt.config;
+            let logged = cfg.log.access && (cfg.log.health || decision != Decision::Endpoint(Endpoint::Health));
+            let line = logged.then(|| AccessLine {
+                method: req.method().clone(),
+                // SECURITY: the bypass link's path carries the token, a credential: never logged.
+                path: match decision {
+                    Decision::BypassLink => cfg.bypass.path.clone(),
+                    _ => req.uri().path().to_string(),
+                },
+                held,
+            });
+            // Boxed: rare, and the handler's future stays small (hyper keeps one per connection).
+            let keep_alive = matches!(decision, Decision::Proxy(_))
+                || req.body().is_end_stream()
+                || Box::pin(early_body_read(&mut req, &g)).await;
+            let http1 = req.version() < http::Version::HTTP_2;
+            // The app's answer, or gatekeeper's own; the request is moved only
+            // where it goes on (a request head is large: every move is a copy).
+            let (mut resp, outcome) = match decision {
+                Decision::Proxy(mark) => match proxy(mark, req, &g, &snap, state, conn).await {
+                    Ok(r) => (r, Some(Outcome::Ok)),
+                    Err(e) => (e.response(), Some(e.outcome())),
+                },
+                _ => answer(decision, &req, &g, &snap, conn, now),
+            };
+            if !keep_alive && http1 {
+                // Where the unread rest goes: hyper closes after this answer, and the
+                // lingering close (see `linger`) lets the client read it first.
+                resp.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
+            }
+            let counted = if held.is_some() { Decision::Hold } else { decision };
+            record(state, conn, &g, counted, &resp, outcome, line, start);
+            return resp;
         }
-        let cfg = &snap.rt.config;
-        let logged = cfg.log.access && (cfg.log.health || decision != Decision::Endpoint(Endpoint::Health));
-        let line = logged.then(|| AccessLine {
-            method: req.method().clone(),
-            // SECURITY: the bypass link's path carries the token, a credential: never logged.
-            path: match decision {
-                Decision::BypassLink => cfg.bypass.path.clone(),
-                _ => req.uri().path().to_string(),
-            },
-            held,
-        });
-        // Boxed: rare, and the handler's future stays small (hyper keeps one per connection).
-        let keep_alive = matches!(decision, Decision::Proxy(_))
-            || req.body().is_end_stream()
-            || Box::pin(early_body_read(&mut req, &g)).await;
-        let http1 = req.version() < http::Version::HTTP_2;
-        // The app's answer, or gatekeeper's own; the request is moved only
-        // where it goes on (a request head is large: every move is a copy).
-        let (mut resp, outcome) = match decision {
-            Decision::Proxy(mark) => proxy(mark, req, &g, &snap, state, conn).await,
-            _ => answer(decision, &req, &g, &snap, conn, now),
-        };
-        if !keep_alive && http1 {
-            // Where the unread rest goes: hyper closes after this answer, and the
-            // lingering close (see `linger`) lets the client read it first.
-            resp.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
-        }
-        let counted = if held.is_some() { Decision::Hold } else { decision };
-        record(state, conn, &g, counted, &resp, outcome, line, start);
-        return resp;
     }
 }
 
@@ -200,14 +214,17 @@ fn answer<B>(
 }
 
 /// The app's answer to `req`, marked as `mark` says.
-async fn proxy<B>(
+///
+/// Boxed: the exchange's state is large, and hyper keeps the handler's
+/// future in a slot of its own size for as long as a connection lives.
+fn proxy<'a, B>(
     mark: Mark,
     mut req: Request<B>,
-    g: &Gathered<'_>,
-    snap: &Snapshot,
-    state: &State,
-    conn: &Conn,
-) -> (Response<Body>, Option<Outcome>)
+    g: &'a Gathered<'_>,
+    snap: &'a Snapshot,
+    state: &'a State,
+    conn: &'a Conn,
+) -> std::pin::Pin<Box<impl std::future::Future<Output = Result<Response<Body>, ForwardError>> + 'a>>
 where
     B: HttpBody<Data = Bytes> + Send + Sync + Unpin + 'static,
     B::Error: Into<BoxError>,
@@ -220,16 +237,9 @@ where
     let origin = Origin {
         resolved: &g.resolved,
         https: conn.https,
+        peer: conn.peer_value.as_ref().map(|v| (conn.peer.ip().to_canonical(), v)),
     };
-    // Boxed: hyper keeps a slot the size of this future for every
-    // connection; the forwarding state is large. Boxed in a statement of
-    // its own: a temporary in the awaiting statement would keep its
-    // space in this future's state even after it is moved into the box.
-    let exchange = Box::pin(forward(&rt.upstream, cfg, req, &origin, mark, Some(&state.paused)));
-    match exchange.await {
-        Ok(r) => (r, Some(Outcome::Ok)),
-        Err(e) => (e.response(), Some(e.outcome())),
-    }
+    Box::pin(forward(&rt.upstream, cfg, req, origin, mark, Some(&state.paused)))
 }
 
 /// 303 to `next` (same-site only) or "/", with a fresh signed bypass cookie.
@@ -374,11 +384,7 @@ mod tests {
         req: http::request::Builder,
         body: &'static str,
     ) -> Response<Body> {
-        let conn = Conn {
-            peer: from.parse().unwrap(),
-            https,
-            https_port: Some(8443),
-        };
+        let conn = Conn::new(from.parse().unwrap(), https, Some(8443));
         let req = req.body(Full::new(Bytes::from_static(body.as_bytes()))).unwrap();
         handle(req, &conn, &s.state).await
     }

@@ -2,6 +2,8 @@
 //! address headers (X-Real-IP, X-Forwarded-*) replaced by what gatekeeper
 //! verified, and a Host for every request.
 
+use std::net::IpAddr;
+
 use http::header::{self, HeaderName, HeaderValue};
 
 use crate::client_ip::{format_chain_into, push_ip, Resolved};
@@ -17,9 +19,12 @@ static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host"
 static FORWARDED: HeaderName = header::FORWARDED;
 
 /// Who sent the request, as far as the upstream needs to know.
+#[derive(Clone, Copy)]
 pub struct Origin<'a> {
     pub resolved: &'a Resolved,
     pub https: bool,
+    /// The peer's address (folded) and its header value, made once per connection.
+    pub peer: Option<(IpAddr, &'a HeaderValue)>,
 }
 
 /// The client's request headers as the upstream gets them.
@@ -39,10 +44,14 @@ pub fn rewrite_request_headers(
     // SECURITY: address headers from the client are replaced, never extended:
     // the upstream sees only what gatekeeper verified. (`insert` replaces every
     // value the client sent; a removal costs a lookup, so only when needed.)
-    let mut text = String::with_capacity(64);
-    let real_ip = origin.resolved.client.and_then(|client| {
-        push_ip(&mut text, client);
-        HeaderValue::from_str(&text).ok()
+    let mut text = String::new();
+    let real_ip = origin.resolved.client.and_then(|client| match origin.peer {
+        // The client is the peer itself: most requests, with no proxy in front.
+        Some((peer, value)) if peer == client => Some(value.clone()),
+        _ => {
+            push_ip(&mut text, client);
+            HeaderValue::from_str(&text).ok()
+        }
     });
     let chain = &origin.resolved.chain;
     // Most often the chain is the client alone (no proxy in front): the same value, shared.

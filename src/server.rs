@@ -19,7 +19,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::facts::Conn;
+use crate::facts::{self, Conn};
 use crate::heap;
 use crate::linger;
 use crate::park;
@@ -353,15 +353,17 @@ where
     let begun = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let svc = {
         let (begun, local) = (begun.clone(), local.clone());
+        let peer_value = facts::peer_value(peer.ip());
         service_fn(move |req: Request<Incoming>| {
             begun.store(true, std::sync::atomic::Ordering::Relaxed);
-            let local = local.clone();
+            let (local, peer_value) = (local.clone(), peer_value.clone());
             Box::pin(async move {
                 let state = &local.state;
                 let conn = Conn {
                     peer,
                     https,
                     https_port: state.https_port(),
+                    peer_value,
                 };
                 let resp = pipeline::handle(req, &conn, state).await;
                 Ok::<_, Infallible>(resp)
@@ -419,7 +421,9 @@ where
     let header_timeout = park.is_none().then_some(limits.header_timeout);
     let served = park.as_ref().is_some_and(|p| p.served());
     let local = local.clone();
+    let peer_value = facts::peer_value(peer.ip());
     let svc = service_fn(move |req: Request<Incoming>| {
+        let peer_value = peer_value.clone();
         let guard = match &park {
             Some(p) => p.begin(&req),
             None => park::Guard::none(),
@@ -435,6 +439,7 @@ where
                 peer,
                 https,
                 https_port: state.https_port(),
+                peer_value,
             };
             let resp = pipeline::handle(req, &conn, state).await;
             guard.answered(&resp);

@@ -83,6 +83,9 @@ enum Kind {
     },
 }
 
+/// The upstream's answer with the lease on its connection (HTTP/1.1), or why there is none.
+pub type Answer = Result<(Response<Incoming>, Option<Lease>), BoxError>;
+
 /// A connection lent out for one exchange, returned to its worker's pool when
 /// the response has been read to the end.
 pub struct Lease {
@@ -153,35 +156,33 @@ impl UpstreamClient {
     /// and whether the connection had served before (only those can be stale).
     /// A refused connection is tried again until `hold` (see [`Hold`]; h2c
     /// upstreams are not held: their client connects on its own).
-    pub async fn send(
-        &self,
-        req: Request<Body>,
-        hold: Hold<'_>,
-    ) -> (Result<(Response<Incoming>, Option<Lease>), BoxError>, bool) {
-        if let Kind::H2c { client, .. } = &self.kind {
-            return (
-                client.request(req).await.map(|r| (r, None)).map_err(BoxError::from),
-                false,
-            );
-        }
-        let (mut sender, reused) = match checkout(self.id) {
-            Some(s) => (s, true),
-            // Boxed: the connecting state is rare and large; the exchange future stays small.
-            None => match Box::pin(self.connect(hold)).await {
-                Ok(s) => (s, false),
-                Err(e) => return (Err(e), false),
+    pub fn send<'a>(&'a self, req: Request<Body>, hold: Hold<'a>) -> impl Future<Output = (Answer, bool)> + 'a {
+        use futures_util::future::{Either, FutureExt};
+        // Handed to the connection before any await, so the returned future
+        // does not keep the request as well (a request head is ~250 bytes, and
+        // the exchange's state is moved and touched on every request).
+        let pool = self.id;
+        match &self.kind {
+            Kind::H2c { client, .. } => Either::Left(Either::Left(
+                client
+                    .request(req)
+                    .map(|r| (r.map(|r| (r, None)).map_err(BoxError::from), false)),
+            )),
+            _ => match checkout(pool) {
+                Some(mut sender) => Either::Left(Either::Right(sender.send_request(req).map(move |r| {
+                    (
+                        r.map(|r| (r, Some(Lease { sender, pool }))).map_err(BoxError::from),
+                        true,
+                    )
+                }))),
+                // Boxed: the connecting state is rare and large; the exchange future stays small.
+                None => Either::Right(Box::pin(async move { (self.send_fresh(req, hold).await, false) })),
             },
-        };
-        let resp = sender.send_request(req).await.map_err(BoxError::from);
-        (resp.map(|r| (r, Some(Lease { sender, pool: self.id }))), reused)
+        }
     }
 
     /// Sends on a new connection: it cannot have gone stale.
-    pub async fn send_fresh(
-        &self,
-        req: Request<Body>,
-        hold: Hold<'_>,
-    ) -> Result<(Response<Incoming>, Option<Lease>), BoxError> {
+    pub async fn send_fresh(&self, req: Request<Body>, hold: Hold<'_>) -> Answer {
         let mut sender = self.connect(hold).await?;
         let resp = sender.send_request(req).await?;
         Ok((resp, Some(Lease { sender, pool: self.id })))

@@ -37,11 +37,7 @@ pub fn run(config: &Path, args: ExplainArgs) -> anyhow::Result<String> {
     let entries = entries.unwrap_or_else(|| rt.allow_entries.clone());
     let snap = Snapshot::new(Arc::new(rt), toggle::observe(&toggle_path), fleet, drained);
     let req = request(&args, default_host.as_deref())?;
-    let conn = Conn {
-        peer: SocketAddr::new(args.peer, 0),
-        https: args.https,
-        https_port,
-    };
+    let conn = Conn::new(SocketAddr::new(args.peer, 0), args.https, https_port);
     let e = explain(&req, &conn, &snap, jiff::Timestamp::now(), &entries);
     Ok(if args.json {
         serde_json::to_string_pretty(&e)?
