@@ -12,6 +12,8 @@
 #   N1=500 N2=2500 bench/callgrind.sh
 #   ONLY="gatekeeper floor" KEEP=/tmp/cg bench/callgrind.sh   # only these; keep
 #                                 # the callgrind.out files for callgrind_annotate
+#   CACHE=1 bench/callgrind.sh    # also simulate the caches (valgrind's model of
+#                                 # this CPU's L1): misses per request as well
 #
 # Needs valgrind and nginx (apt-get install valgrind nginx). Loopback only; every
 # process started here is stopped by PID.
@@ -62,7 +64,9 @@ count() {
     [ "$server" = nginx ] && cmd=(nginx -c "$W/ngx/$label.conf" -p "$W/ngx" -e "$W/ngx/error.log") stop=QUIT
     [ "$server" = floor ] && cmd=("$FLOOR" "127.0.0.1:$GK" "127.0.0.1:$UP" 2)
     [ "$server" = floor-raw ] && cmd=("$FLOOR" "127.0.0.1:$GK" "127.0.0.1:$UP" 2 raw)
-    valgrind --tool=callgrind --dump-instr=no --callgrind-out-file="$out" "${cmd[@]}" 2>/dev/null &
+    local sim=()
+    [ -n "${CACHE:-}" ] && sim=(--cache-sim=yes)
+    valgrind --tool=callgrind "${sim[@]}" --dump-instr=no --callgrind-out-file="$out" "${cmd[@]}" 2>/dev/null &
     local vp=$!
     for _ in $(seq 1 200); do
         curl -s -o /dev/null "http://127.0.0.1:$GK/" 2>/dev/null && break
@@ -82,6 +86,25 @@ per_request() {
     a=$(count "$1" "$2" "$N1")
     b=$(count "$1" "$2" "$N2")
     echo "$1 $2: $(( (b - a) / (N2 - N1) )) instructions per request ($N1 requests: $a, $N2 requests: $b)"
+    [ -z "${CACHE:-}" ] || misses "$W/out/cg.$1.$2.$N1" "$W/out/cg.$1.$2.$N2"
+}
+
+# misses FILE1 FILE2: cache misses per request, from the two runs' totals
+misses() {
+    python3 - "$1" "$2" "$((N2 - N1))" <<'PY'
+import sys
+def totals(path):
+    events, total = [], []
+    for line in open(path):
+        if line.startswith("events:"):
+            events = line.split()[1:]
+        elif line.startswith(("summary:", "totals:")):
+            total = [int(x) for x in line.split()[1:]]
+    return dict(zip(events, total))
+a, b, n = totals(sys.argv[1]), totals(sys.argv[2]), int(sys.argv[3])
+keys = ["I1mr", "D1mr", "D1mw"]
+print("    misses per request: " + ", ".join(f"{k} {(b[k] - a[k]) / n:.0f}" for k in keys if k in b))
+PY
 }
 
 rm -f "$W/toggle/maintenance-mode-on"
