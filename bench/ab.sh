@@ -11,7 +11,8 @@
 # take pairs, not a longer round.
 #
 #   bench/ab.sh 0 1              # A = the kept code, B = the old side of bit 1
-#   PAIRS=30 DURATION=3 bench/ab.sh 0 7
+#                                 # (while a change is under test; src/ab.rs lists the bits in use)
+#   PAIRS=30 DURATION=3 bench/ab.sh 0 1
 #   TARGET=page bench/ab.sh 0 1  # the maintenance page instead of the proxied path
 #   GATEKEEPER_BIN_B=/tmp/new bench/ab.sh 0 0   # two builds: B runs the second binary
 #                                 # (for a change no switch can select, such as a type's layout)

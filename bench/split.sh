@@ -22,26 +22,28 @@ BIN=${GATEKEEPER_BIN:-target/release/gatekeeper}
 FLOOR=${FLOOR_BIN:-target/release/examples/hyper_floor}
 # shellcheck source=bench/configs.sh
 source bench/configs.sh
-need nginx wrk curl taskset python3
+need nginx wrk curl python3
+# Always pinned: the proxy alone on its core (PROXY_CPU, default 1), the load on LOAD_CPU (0).
+PIN=1 pin_setup
 for b in "$BIN" "$FLOOR"; do
     [ -x "$b" ] || { echo "$b: build first: cargo build --release --bin gatekeeper --example hyper_floor" >&2; exit 1; }
 done
 TICK=$(getconf CLK_TCK)
 
 workdir split
-start_upstream "$W/up" taskset -c 0
+start_upstream "$W/up" "${ON_LOAD[@]}"
 
-# start TARGET PORT: the proxy on CPU 1 with one worker; sets PROXY_PID
+# start TARGET PORT: the proxy on its core with one worker; sets PROXY_PID
 start() {
     if [ "$1" = gatekeeper ]; then
-        gk_plain_conf "$2" "$UP" "$W" 1 >"$W/gk.toml"
-        taskset -c 1 "$BIN" run -c "$W/gk.toml" >/dev/null 2>&1 &
+        gk_plain_conf "$2" "$UP" "$W" "$WORKERS" >"$W/gk.toml"
+        "${ON_PROXY[@]}" "$BIN" run -c "$W/gk.toml" >/dev/null 2>&1 &
     else
-        taskset -c 1 "$FLOOR" "127.0.0.1:$2" "127.0.0.1:$UP" 1 >/dev/null 2>&1 &
+        "${ON_PROXY[@]}" "$FLOOR" "127.0.0.1:$2" "127.0.0.1:$UP" "$WORKERS" >/dev/null 2>&1 &
     fi
     PROXY_PID=$!
     wait_up "$2"
-    taskset -c 0 wrk -t1 -c"$CONNS" -d1s "http://127.0.0.1:$2/" >/dev/null
+    "${ON_LOAD[@]}" wrk -t1 -c"$CONNS" -d1s "http://127.0.0.1:$2/" >/dev/null
 }
 
 stop() {
@@ -56,7 +58,7 @@ run() {
     port=$(free_port)
     start "$1" "$port"
     read -r f0 u0 s0 < <(awk '{print $10, $14, $15}' /proc/"$PROXY_PID"/stat)
-    n=$(taskset -c 0 wrk -t1 -c"$CONNS" -d"${DURATION}s" "http://127.0.0.1:$port/" | awk '/requests in/ {print $1}')
+    n=$("${ON_LOAD[@]}" wrk -t1 -c"$CONNS" -d"${DURATION}s" "http://127.0.0.1:$port/" | awk '/requests in/ {print $1}')
     read -r f1 u1 s1 < <(awk '{print $10, $14, $15}' /proc/"$PROXY_PID"/stat)
     stop
     awk -v n="$n" -v d="$DURATION" -v t="$TICK" -v u=$((u1 - u0)) -v s=$((s1 - s0)) -v f=$((f1 - f0)) \
@@ -93,7 +95,7 @@ if command -v perf >/dev/null && perf stat -e raw_syscalls:sys_enter true >/dev/
         events=raw_syscalls:sys_enter,syscalls:sys_enter_recvfrom,syscalls:sys_enter_writev,syscalls:sys_enter_epoll_wait
         perf stat -x, -e "$events" -p "$PROXY_PID" -o "$W/perf.$t" -- sleep 3 &
         perf_pid=$!
-        n=$(taskset -c 0 wrk -t1 -c"$CONNS" -d3s "http://127.0.0.1:$port/" | awk '/requests in/ {print $1}')
+        n=$("${ON_LOAD[@]}" wrk -t1 -c"$CONNS" -d3s "http://127.0.0.1:$port/" | awk '/requests in/ {print $1}')
         wait "$perf_pid" || true
         stop
         awk -F, -v n="$n" -v t="$t" '/sys_enter/ { split($3, e, ":"); s = s sprintf(" %s %.2f", e[2], $1 / n) }

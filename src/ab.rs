@@ -4,12 +4,11 @@
 //! selects the old side of the change that bit names. Unset, or in any build
 //! that has no change under test, every bit is 0: the kept code.
 //!
-//! Bits in use (changes of 2026-12-05, docs/performance.md):
-//! 1 the daemon's stop token shared by every worker (not a child per worker);
-//! 2 request metrics counted into one shard by every worker;
-//! 4 the state's own reference count bumped by every request (not the worker's handle's);
-//! 8 a fresh timer for every upstream exchange (not a reused one);
-//! 16 hyper-util's protocol sniffing for every plain connection (not the peeked preface).
+//! A bit lives only while its change is under test: once the change is kept
+//! or dropped, the old side goes and the bit with it (the bits of 2026-12-05,
+//! docs/performance.md, are gone). None is in use now. A change no switch can
+//! select (a type's layout, say) is compared as two builds instead
+//! (`GATEKEEPER_BIN_B`).
 
 use std::cell::Cell;
 

@@ -328,9 +328,7 @@ impl Worker {
             .name(format!("gatekeeper-worker-{}", self.id))
             .spawn(move || {
                 crate::ab::init();
-                if !crate::ab::old(2) {
-                    crate::metrics::set_worker(self.id);
-                }
+                crate::metrics::set_worker(self.id);
                 crate::timers::set_worker();
                 rt.block_on(async move {
                     let local = server::Local::new(self.state.clone(), &self.shutdown);

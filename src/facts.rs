@@ -32,6 +32,7 @@ pub struct Conn {
 }
 
 impl Conn {
+    /// Made once per connection (the peer's header value is formatted here).
     pub fn new(peer: SocketAddr, https: bool, https_port: Option<u16>) -> Conn {
         Conn {
             peer,
@@ -40,11 +41,19 @@ impl Conn {
             peer_value: peer_value(peer.ip()),
         }
     }
+
+    /// This connection for one request: the https port as the daemon knows it now.
+    pub fn at(&self, state: &crate::state::State) -> Conn {
+        Conn {
+            https_port: state.https_port(),
+            ..self.clone()
+        }
+    }
 }
 
 /// `ip` (IPv4-mapped folded, as the client address is) as a header value:
 /// made once per connection rather than formatted and copied for each request.
-pub fn peer_value(ip: IpAddr) -> Option<HeaderValue> {
+fn peer_value(ip: IpAddr) -> Option<HeaderValue> {
     let mut text = String::with_capacity(40);
     client_ip::push_ip(&mut text, ip.to_canonical());
     let v = HeaderValue::from_maybe_shared(Bytes::from(text)).ok()?;

@@ -236,8 +236,7 @@ where
     bypass::strip_cookie(req.headers_mut(), &bp.cookie_name);
     let origin = Origin {
         resolved: &g.resolved,
-        https: conn.https,
-        peer: conn.peer_value.as_ref().map(|v| (conn.peer.ip().to_canonical(), v)),
+        conn,
     };
     Box::pin(forward(&rt.upstream, cfg, req, origin, mark, Some(&state.paused)))
 }

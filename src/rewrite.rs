@@ -2,11 +2,10 @@
 //! address headers (X-Real-IP, X-Forwarded-*) replaced by what gatekeeper
 //! verified, and a Host for every request.
 
-use std::net::IpAddr;
-
 use http::header::{self, HeaderName, HeaderValue};
 
 use crate::client_ip::{format_chain_into, push_ip, Resolved};
+use crate::facts::Conn;
 use crate::hop;
 use crate::upstream::UpstreamClient;
 
@@ -22,9 +21,7 @@ static FORWARDED: HeaderName = header::FORWARDED;
 #[derive(Clone, Copy)]
 pub struct Origin<'a> {
     pub resolved: &'a Resolved,
-    pub https: bool,
-    /// The peer's address (folded) and its header value, made once per connection.
-    pub peer: Option<(IpAddr, &'a HeaderValue)>,
+    pub conn: &'a Conn,
 }
 
 /// The client's request headers as the upstream gets them.
@@ -45,9 +42,10 @@ pub fn rewrite_request_headers(
     // the upstream sees only what gatekeeper verified. (`insert` replaces every
     // value the client sent; a removal costs a lookup, so only when needed.)
     let mut text = String::new();
-    let real_ip = origin.resolved.client.and_then(|client| match origin.peer {
+    let conn = origin.conn;
+    let real_ip = origin.resolved.client.and_then(|client| match &conn.peer_value {
         // The client is the peer itself: most requests, with no proxy in front.
-        Some((peer, value)) if peer == client => Some(value.clone()),
+        Some(value) if conn.peer.ip().to_canonical() == client => Some(value.clone()),
         _ => {
             push_ip(&mut text, client);
             HeaderValue::from_str(&text).ok()
@@ -80,7 +78,7 @@ pub fn rewrite_request_headers(
     // A trusted proxy in front (a TLS-terminating balancer) knows the original
     // scheme and host better than we do; anyone else's claim is replaced.
     if !origin.resolved.peer_trusted || !h.contains_key(&X_FORWARDED_PROTO) {
-        let proto = if origin.https { "https" } else { "http" };
+        let proto = if conn.https { "https" } else { "http" };
         h.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
     }
     if !origin.resolved.peer_trusted || !h.contains_key(&X_FORWARDED_HOST) {

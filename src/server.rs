@@ -19,7 +19,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::facts::{self, Conn};
+use crate::facts::Conn;
 use crate::heap;
 use crate::linger;
 use crate::park;
@@ -72,12 +72,10 @@ pub struct Local {
 impl Local {
     /// The handle for worker threads; `shutdown` is the daemon's.
     pub fn new(state: Arc<State>, shutdown: &CancellationToken) -> Arc<Local> {
-        let shutdown = if crate::ab::old(1) {
-            shutdown.clone()
-        } else {
-            shutdown.child_token()
-        };
-        Arc::new(Local { state, shutdown })
+        Arc::new(Local {
+            state,
+            shutdown: shutdown.child_token(),
+        })
     }
 }
 
@@ -243,9 +241,7 @@ async fn serve_active(
     let started = tokio::time::Instant::now();
     let shared = Arc::new(park::Shared::new(served));
     shared.mark_waiting();
-    let proto = if crate::ab::old(16) {
-        Proto::Auto
-    } else if served {
+    let proto = if served {
         // Back from parking: HTTP/1.1 requests came before, so HTTP/1.1 it is.
         Proto::Http1
     } else {
@@ -353,19 +349,13 @@ where
     let begun = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let svc = {
         let (begun, local) = (begun.clone(), local.clone());
-        let peer_value = facts::peer_value(peer.ip());
+        let conn = Conn::new(peer, https, None);
         service_fn(move |req: Request<Incoming>| {
             begun.store(true, std::sync::atomic::Ordering::Relaxed);
-            let (local, peer_value) = (local.clone(), peer_value.clone());
+            let local = local.clone();
+            let conn = conn.at(&local.state);
             Box::pin(async move {
-                let state = &local.state;
-                let conn = Conn {
-                    peer,
-                    https,
-                    https_port: state.https_port(),
-                    peer_value,
-                };
-                let resp = pipeline::handle(req, &conn, state).await;
+                let resp = pipeline::handle(req, &conn, &local.state).await;
                 Ok::<_, Infallible>(resp)
             })
         })
@@ -421,27 +411,16 @@ where
     let header_timeout = park.is_none().then_some(limits.header_timeout);
     let served = park.as_ref().is_some_and(|p| p.served());
     let local = local.clone();
-    let peer_value = facts::peer_value(peer.ip());
+    let conn = Conn::new(peer, https, None);
     let svc = service_fn(move |req: Request<Incoming>| {
-        let peer_value = peer_value.clone();
         let guard = match &park {
             Some(p) => p.begin(&req),
             None => park::Guard::none(),
         };
-        let handle = if crate::ab::old(4) {
-            Handle::Shared(local.state.clone())
-        } else {
-            Handle::Worker(local.clone())
-        };
+        let local = local.clone();
+        let conn = conn.at(&local.state);
         async move {
-            let state = handle.state();
-            let conn = Conn {
-                peer,
-                https,
-                https_port: state.https_port(),
-                peer_value,
-            };
-            let resp = pipeline::handle(req, &conn, state).await;
+            let resp = pipeline::handle(req, &conn, &local.state).await;
             guard.answered(&resp);
             Ok::<_, Infallible>(resp.map(|b| park::Tracked::new(b, guard)))
         }
@@ -485,21 +464,6 @@ where
         _ = shutdown.cancelled() => {
             graceful(conn.as_mut());
             conn.await
-        }
-    }
-}
-
-/// AB (bit 4): the state's own reference count bumped by every request (old), or the worker's handle's.
-enum Handle {
-    Worker(Arc<Local>),
-    Shared(Arc<State>),
-}
-
-impl Handle {
-    fn state(&self) -> &State {
-        match self {
-            Handle::Worker(l) => &l.state,
-            Handle::Shared(s) => s,
         }
     }
 }

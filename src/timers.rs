@@ -27,9 +27,9 @@ pub fn set_worker() {
     WORKER.with(|w| w.set(true));
 }
 
-/// Whether this thread reuses timers (bench/ab.sh bit 8: not).
+/// Whether this thread reuses timers.
 fn reusing() -> bool {
-    WORKER.with(Cell::get) && !crate::ab::old(8)
+    WORKER.with(Cell::get)
 }
 
 /// A timer for `due`, given back to the thread's spares when dropped.

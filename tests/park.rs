@@ -198,12 +198,7 @@ async fn a_slow_response_is_not_cut_by_parking() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h2c_connections_do_not_park() {
     let env = start_with(|_| {});
-    let s = connect_from(LOCALHOST, env.gk.addr).await.unwrap();
-    let (mut sender, conn) =
-        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), hyper_util::rt::TokioIo::new(s))
-            .await
-            .expect("h2 handshake");
-    tokio::spawn(conn);
+    let mut sender = h2c_sender(env.gk.addr).await;
     for path in ["/echo/h2-1", "/echo/h2-2"] {
         let req = http::Request::builder()
             .uri(format!("http://x{path}"))
@@ -352,12 +347,7 @@ async fn header_timeout_counts_from_the_connections_start() {
         assert!(waited < Duration::from_millis(3000), "{what}: closed after {waited:?}");
     }
     // An h2c client that asks in time is served, on the connection it opened.
-    let s = connect_from(LOCALHOST, env.gk.addr).await.unwrap();
-    let (mut sender, conn) =
-        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), hyper_util::rt::TokioIo::new(s))
-            .await
-            .expect("h2 handshake");
-    tokio::spawn(conn);
+    let mut sender = h2c_sender(env.gk.addr).await;
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let req = http::Request::builder()
         .uri("http://x/echo/late")

@@ -1532,15 +1532,21 @@ pub async fn stream_echo_rounds(conn: &mut Conn, rounds: usize, step_timeout: Du
     Ok(())
 }
 
-/// One HTTP/2 prior-knowledge (h2c) request.
-pub async fn h2_request(addr: SocketAddr, req: Request<Body>) -> Resp {
+/// An HTTP/2 prior-knowledge (h2c) connection from 127.0.0.1, driven by a task of its own.
+pub async fn h2c_sender(addr: SocketAddr) -> hyper::client::conn::http2::SendRequest<Body> {
     let s = connect_from(LOCALHOST, addr).await.expect("connect");
-    let (mut sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(s))
+    let (sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(s))
         .await
         .expect("h2 handshake");
     tokio::spawn(async move {
         let _ = conn.await;
     });
+    sender
+}
+
+/// One HTTP/2 prior-knowledge (h2c) request.
+pub async fn h2_request(addr: SocketAddr, req: Request<Body>) -> Resp {
+    let mut sender = h2c_sender(addr).await;
     let r = tokio::time::timeout(Duration::from_secs(10), sender.send_request(req))
         .await
         .expect("h2 response within 10 s")
