@@ -16,6 +16,8 @@
 #   TARGET=page bench/ab.sh 0 1  # the maintenance page instead of the proxied path
 #   GATEKEEPER_BIN_B=/tmp/new bench/ab.sh 0 0   # two builds: B runs the second binary
 #                                 # (for a change no switch can select, such as a type's layout)
+#   PIN=1 CONNS=512 bench/ab.sh 0 1   # pinned: gatekeeper alone on CPU 1 with one worker,
+#                                 # wrk (-t1) and the upstream on CPU 0 (bench/configs.sh pin_setup)
 #
 # Needs nginx, wrk, curl, python3 (bench/run.sh installs them) and the release
 # build. Loopback only; bounded: PAIRS × 2 runs of DURATION seconds.
@@ -37,9 +39,12 @@ for b in "$BIN" "$BIN_B"; do
     [ -x "$b" ] || { echo "$b: build first: cargo build --release --bin gatekeeper" >&2; exit 1; }
 done
 
+PIN=${PIN:-0} pin_setup
+THREADS=2
+[ "$PIN" = 1 ] && THREADS=1
 workdir ab
 
-start_upstream "$W/up"
+start_upstream "$W/up" "${ON_LOAD[@]}"
 mkdir -p "$W/toggle"
 [ "$TARGET" = page ] && touch "$W/toggle/maintenance-mode-on"
 
@@ -47,13 +52,17 @@ mkdir -p "$W/toggle"
 run() {
     local port bin=$2
     port=$(free_port)
-    gk_plain_conf "$port" "$UP" "$W" > "$W/gk.toml"
-    GATEKEEPER_AB=$1 "$bin" run -c "$W/gk.toml" >/dev/null 2>&1 &
+    if [ "$PIN" = 1 ]; then
+        gk_plain_conf "$port" "$UP" "$W" "$WORKERS" >"$W/gk.toml"
+    else
+        gk_plain_conf "$port" "$UP" "$W" >"$W/gk.toml"
+    fi
+    GATEKEEPER_AB=$1 "${ON_PROXY[@]}" "$bin" run -c "$W/gk.toml" >/dev/null 2>&1 &
     PROXY_PID=$!
     wait_up "$port"
     local before after out n rps
     before=$(cpu_ns "$PROXY_PID")
-    out=$(wrk -t2 -c"$CONNS" -d"${DURATION}s" "http://127.0.0.1:$port/")
+    out=$("${ON_LOAD[@]}" wrk -t"$THREADS" -c"$CONNS" -d"${DURATION}s" "http://127.0.0.1:$port/")
     after=$(cpu_ns "$PROXY_PID")
     kill "$PROXY_PID"
     wait "$PROXY_PID" 2>/dev/null || true
@@ -63,7 +72,7 @@ run() {
     awk -v d=$((after - before)) -v n="$n" -v r="$rps" 'BEGIN { printf "%s %.3f\n", r, d / n / 1000 }'
 }
 
-echo "# A=$A ($BIN) B=$B ($BIN_B) target=$TARGET pairs=$PAIRS duration=${DURATION}s conns=$CONNS load: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "# A=$A ($BIN) B=$B ($BIN_B) target=$TARGET pairs=$PAIRS duration=${DURATION}s conns=$CONNS pin=$PIN load: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "pair a_rps a_us b_rps b_us" > "$W/results"
 for i in $(seq 1 "$PAIRS"); do
     if [ $((i % 2)) = 1 ]; then

@@ -59,12 +59,13 @@ start_upstream() { # DIR [PREFIX...] : the app (upstream_conf) in the background
   wait_up "$UP"
 }
 
-gk_plain_conf() { # PORT UPSTREAM_PORT DIR [WORKERS] : gatekeeper as the focused scripts run it
-  # (toggle under DIR/toggle, no access log)
+gk_plain_conf() { # PORT UPSTREAM_PORT DIR [WORKERS] [PAGE_DIR] : gatekeeper as the focused
+  # scripts run it (toggle under DIR/toggle, no access log; the page from PAGE_DIR if given)
   mkdir -p "$3/toggle"
   printf 'listen = ["127.0.0.1:%s"]\n' "$1"
   if [ -n "${4:-}" ]; then printf '[server]\nworkers = %s\n' "$4"; fi
   printf '[upstream]\nurl = "http://127.0.0.1:%s"\n[maintenance]\ntoggle = "%s/toggle/maintenance-mode-on"\n' "$2" "$3"
+  if [ -n "${5:-}" ]; then printf 'dir = "%s"\n' "$5"; fi
   printf '[log]\naccess = false\nlevel = "warn"\n'
 }
 
@@ -133,6 +134,32 @@ $(nginx_http_common "$1")
       proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
       proxy_set_header X-Forwarded-Proto \$scheme;
     }
+  }
+}
+EOF
+}
+
+nginx_page_conf() { # DIR PORT STATIC_DIR : nginx answering every request with 503 and the page
+  # (error_page 503 /index.html + return 503), WORKERS workers (default 2)
+  nginx_common "$1"
+  cat <<EOF
+worker_processes ${WORKERS:-2};
+events { worker_connections 16384; }
+http {
+$(nginx_http_common "$1")
+  types { text/html html; text/css css; image/svg+xml svg; }
+  open_file_cache max=64 inactive=60s;
+  open_file_cache_valid 60s;
+  server {
+    listen 127.0.0.1:$2 backlog=4096;
+    root $3;
+    error_page 503 /index.html;
+    location = /index.html {
+      internal;
+      add_header Retry-After 600 always;
+      add_header Cache-Control no-store always;
+    }
+    location / { return 503; }
   }
 }
 EOF

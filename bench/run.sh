@@ -188,30 +188,7 @@ mkdir -p "$T/upstream" "$T/nginx" "$T/nginx-maint" "$T/haproxy"
 upstream_conf "$T/upstream" "$P_UP" >"$T/upstream/nginx.conf"
 nginx_proxy_conf "$T/nginx" "$P_NGX" "$P_UP" >"$T/nginx/nginx.conf"
 
-{
-  nginx_common "$T/nginx-maint"
-  cat <<EOF
-worker_processes $WORKERS;
-events { worker_connections 16384; }
-http {
-$(nginx_http_common "$T/nginx-maint")
-  types { text/html html; text/css css; image/svg+xml svg; }
-  open_file_cache max=64 inactive=60s;
-  open_file_cache_valid 60s;
-  server {
-    listen 127.0.0.1:$P_NGXM backlog=4096;
-    root $STATIC;
-    error_page 503 /index.html;
-    location = /index.html {
-      internal;
-      add_header Retry-After 600 always;
-      add_header Cache-Control no-store always;
-    }
-    location / { return 503; }
-  }
-}
-EOF
-} >"$T/nginx-maint/nginx.conf"
+nginx_page_conf "$T/nginx-maint" "$P_NGXM" "$STATIC" >"$T/nginx-maint/nginx.conf"
 
 haproxy_conf "$T/haproxy" "$P_HAP" "$P_UP" >"$T/haproxy/haproxy.cfg"
 
