@@ -93,30 +93,28 @@ nginx_http_common() { # DIR
 EOF
 }
 
-upstream_conf() { # DIR PORT : the app, nginx `return 200` with one worker
+nginx_http_conf() { # DIR WORKERS CONNECTIONS : nginx's config around an http block whose body
+  # comes on stdin (the global part, workers, events, nginx_http_common)
   nginx_common "$1"
-  cat <<EOF
-worker_processes 1;
-events { worker_connections 32768; }
-http {
-$(nginx_http_common "$1")
+  printf 'worker_processes %s;\nevents { worker_connections %s; }\nhttp {\n' "$2" "$3"
+  nginx_http_common "$1"
+  cat
+  printf '}\n'
+}
+
+upstream_conf() { # DIR PORT : the app, nginx `return 200` with one worker
+  nginx_http_conf "$1" 1 32768 <<EOF
   server {
     listen 127.0.0.1:$2 backlog=4096;
     location / { return 200 "ok\n"; }
     # Connections the app accepted, for bench/upstream_conns.sh.
     location = /.upstream-status { stub_status; }
   }
-}
 EOF
 }
 
 nginx_proxy_conf() { # DIR PORT UPSTREAM_PORT : nginx proxy_pass with upstream keepalive, 2 workers
-  nginx_common "$1"
-  cat <<EOF
-worker_processes ${WORKERS:-2};
-events { worker_connections 16384; }
-http {
-$(nginx_http_common "$1")
+  nginx_http_conf "$1" "${WORKERS:-2}" 16384 <<EOF
   upstream app {
     server 127.0.0.1:$3;
     keepalive 512;
@@ -135,24 +133,13 @@ $(nginx_http_common "$1")
       proxy_set_header X-Forwarded-Proto \$scheme;
     }
   }
-}
 EOF
 }
 
-nginx_page_conf() { # DIR PORT STATIC_DIR : nginx answering every request with 503 and the page
-  # (error_page 503 /index.html + return 503), WORKERS workers (default 2)
-  nginx_common "$1"
+nginx_page_locations() { # STATIC_DIR : the maintenance page's server lines but its listen lines:
+  # every request answered 503 with the page (bench/h2load.sh uses them too)
   cat <<EOF
-worker_processes ${WORKERS:-2};
-events { worker_connections 16384; }
-http {
-$(nginx_http_common "$1")
-  types { text/html html; text/css css; image/svg+xml svg; }
-  open_file_cache max=64 inactive=60s;
-  open_file_cache_valid 60s;
-  server {
-    listen 127.0.0.1:$2 backlog=4096;
-    root $3;
+    root $1;
     error_page 503 /index.html;
     location = /index.html {
       internal;
@@ -160,8 +147,19 @@ $(nginx_http_common "$1")
       add_header Cache-Control no-store always;
     }
     location / { return 503; }
-  }
+EOF
 }
+
+nginx_page_conf() { # DIR PORT STATIC_DIR : nginx answering every request with 503 and the page
+  # (error_page 503 /index.html + return 503), WORKERS workers (default 2)
+  nginx_http_conf "$1" "${WORKERS:-2}" 16384 <<EOF
+  types { text/html html; text/css css; image/svg+xml svg; }
+  open_file_cache max=64 inactive=60s;
+  open_file_cache_valid 60s;
+  server {
+    listen 127.0.0.1:$2 backlog=4096;
+$(nginx_page_locations "$3")
+  }
 EOF
 }
 

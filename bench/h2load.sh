@@ -222,15 +222,8 @@ $(nginx_tls_http_common "$T/nginx-maint")
     listen 127.0.0.1:$P_NGXM $H2C_LISTEN backlog=4096;
     listen 127.0.0.1:$P_NGXMS $H2_LISTEN backlog=4096;
     $H2_ON
-    root $STATIC;
-    error_page 503 /index.html;
-    location = /index.html {
-      internal;
-      add_header Retry-After 600 always;
-      add_header Cache-Control no-store always;
-    }
+$(nginx_page_locations "$STATIC")
     location = /style.css { }
-    location / { return 503; }
   }
 }"
 # bench/configs.sh's HAProxy (http-reuse always), with WORKERS threads, its bind

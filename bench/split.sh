@@ -47,7 +47,8 @@ else
     start_upstream "$W/up" "${ON_LOAD[@]}"
 fi
 
-# start TARGET PORT: the proxy on its core with one worker; sets PROXY_PID
+# start TARGET PORT: the proxy on its core with one worker; sets PROXY_PID, and WORK_PID:
+# the process that does the work (nginx's worker, not its master)
 start() {
     if [ "$1" = gatekeeper ]; then
         gk_plain_conf "$2" "$UP" "$W" "$WORKERS" "$PWD/static" >"$W/gk.toml"
@@ -60,6 +61,8 @@ start() {
     fi
     PROXY_PID=$!
     wait_up "$2"
+    WORK_PID=$PROXY_PID
+    if [ "$1" = nginx ]; then WORK_PID=$(pgrep -P "$PROXY_PID" | head -1); fi
     "${ON_LOAD[@]}" wrk -t1 -c"$CONNS" -d1s "http://127.0.0.1:$2/" >/dev/null
 }
 
@@ -71,13 +74,10 @@ stop() {
 
 # run TARGET: prints "req/s user_us sys_us faults load_%" per request, one round
 run() {
-    local port u0 s0 f0 u1 s1 f1 n pid wrk_pid l0 l1
+    local port u0 s0 f0 u1 s1 f1 n wrk_pid l0 l1
     port=$(free_port)
     start "$1" "$port"
-    pid=$PROXY_PID
-    # nginx's work is its worker's, not the master's.
-    [ "$1" = nginx ] && pid=$(pgrep -P "$PROXY_PID" | head -1)
-    read -r f0 u0 s0 < <(awk '{print $10, $14, $15}' /proc/"$pid"/stat)
+    read -r f0 u0 s0 < <(awk '{print $10, $14, $15}' /proc/"$WORK_PID"/stat)
     "${ON_LOAD[@]}" wrk -t1 -c"$CONNS" -d"${DURATION}s" "http://127.0.0.1:$port/" >"$W/wrk.out" &
     wrk_pid=$!
     sleep 1
@@ -86,7 +86,7 @@ run() {
     l1=$(cpu_ns "$wrk_pid")
     wait "$wrk_pid"
     n=$(awk '/requests in/ {print $1}' "$W/wrk.out")
-    read -r f1 u1 s1 < <(awk '{print $10, $14, $15}' /proc/"$pid"/stat)
+    read -r f1 u1 s1 < <(awk '{print $10, $14, $15}' /proc/"$WORK_PID"/stat)
     stop
     awk -v n="$n" -v d="$DURATION" -v t="$TICK" -v u=$((u1 - u0)) -v s=$((s1 - s0)) -v f=$((f1 - f0)) \
         -v l=$((l1 - l0)) -v ld=$((DURATION - 2)) \
@@ -121,10 +121,8 @@ if command -v perf >/dev/null && perf stat -e raw_syscalls:sys_enter true >/dev/
     for t in gatekeeper $OTHER; do
         port=$(free_port)
         start "$t" "$port"
-        pid=$PROXY_PID
-        [ "$t" = nginx ] && pid=$(pgrep -P "$PROXY_PID" | head -1)
         events=raw_syscalls:sys_enter,syscalls:sys_enter_recvfrom,syscalls:sys_enter_writev,syscalls:sys_enter_epoll_wait
-        perf stat -x, -e "$events" -p "$pid" -o "$W/perf.$t" -- sleep 3 &
+        perf stat -x, -e "$events" -p "$WORK_PID" -o "$W/perf.$t" -- sleep 3 &
         perf_pid=$!
         n=$("${ON_LOAD[@]}" wrk -t1 -c"$CONNS" -d3s "http://127.0.0.1:$port/" | awk '/requests in/ {print $1}')
         wait "$perf_pid" || true

@@ -24,7 +24,8 @@ pub struct Conn {
     pub peer: SocketAddr,
     /// On a TLS listener.
     pub https: bool,
-    /// The first TLS listener's bound port, for redirects to https.
+    /// The first TLS listener's bound port, for redirects to https (bound
+    /// before any connection is served: read once per connection).
     pub https_port: Option<u16>,
     /// The peer's address as the upstream gets it in X-Real-IP and
     /// X-Forwarded-For when the client is the peer itself (see [`peer_value`]).
@@ -39,14 +40,6 @@ impl Conn {
             https,
             https_port,
             peer_value: peer_value(peer.ip()),
-        }
-    }
-
-    /// This connection for one request: the https port as the daemon knows it now.
-    pub fn at(&self, state: &crate::state::State) -> Conn {
-        Conn {
-            https_port: state.https_port(),
-            ..self.clone()
         }
     }
 }

@@ -9,6 +9,8 @@ use http::header::{self, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode};
 use http_body::Body as HttpBody;
 use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 
 use crate::body::{self, boxed, Body, BoxError};
@@ -19,7 +21,7 @@ use crate::hop;
 use crate::page;
 use crate::rewrite::{rewrite_request_headers, Origin};
 use crate::stall::{self, Expired, SendWatch};
-use crate::upstream::{error_chain, Answer, Hold, PooledBody, UpstreamClient};
+use crate::upstream::{error_chain, Answer, Hold, Lease, PooledBody, UpstreamClient};
 use std::sync::atomic::AtomicBool;
 
 static X_MAINTENANCE_MODE: HeaderName = HeaderName::from_static("x-maintenance-mode");
@@ -176,72 +178,87 @@ where
         });
 
         let send = watch.as_ref().map(|w| (w, u.send_timeout));
-        let (mut resp, lease) = match stall::bounded(exchange, u.timeout, send).await {
+        let (resp, lease) = match stall::bounded(exchange, u.timeout, send).await {
             Err(Expired::Head) => return Err(ForwardError::Timeout),
             Err(Expired::Send) => return Err(ForwardError::SendTimeout(u.send_timeout)),
             Ok(Err(e)) => return Err(ForwardError::Unreachable(e)),
             Ok(Ok(r)) => r,
         };
 
-        // Our own HTTP/1.1 towards the client, whatever the upstream spoke (an
-        // HTTP/1.0 app's version would make hyper answer in HTTP/1.0 and close).
-        *resp.version_mut() = http::Version::HTTP_11;
-        // The connection goes back to the pool once its answer has been read to
-        // the end; an upgraded one belongs to the relay from now on.
-        let lease = lease.filter(|_| resp.status() != StatusCode::SWITCHING_PROTOCOLS);
-        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-            // SECURITY: never switch protocols on a connection that did not ask to.
-            let client_side = client_upgrade.ok_or(ForwardError::UnaskedUpgrade)?;
-            let upstream_side = hyper::upgrade::on(&mut resp);
-            tokio::spawn(async move {
-                match tokio::try_join!(client_side, upstream_side) {
-                    Ok((c, u)) => {
-                        let (mut c, mut u) = (TokioIo::new(c), TokioIo::new(u));
-                        if let Err(e) = tokio::io::copy_bidirectional(&mut c, &mut u).await {
-                            tracing::debug!(error = %e, "upgraded connection ended");
-                        }
-                    }
-                    Err(e) => tracing::debug!(error = %e, "upgrade failed"),
-                }
-            });
-            hop::strip(resp.headers_mut(), true);
-            resp.headers_mut()
-                .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-        } else {
-            hop::strip(resp.headers_mut(), false);
-        }
-        match mark {
-            Mark::None => {}
-            Mark::Bypass => {
-                resp.headers_mut()
-                    .insert(X_MAINTENANCE_MODE.clone(), HeaderValue::from_static("bypass"));
-            }
-            Mark::ReadOnly => {
-                resp.headers_mut()
-                    .insert(X_MAINTENANCE_MODE.clone(), HeaderValue::from_static("read-only"));
-            }
-        }
-        // nginx's convention: the app asks for this answer to be relayed unbuffered.
-        let unbuffered = resp
-            .headers_mut()
-            .remove(&X_ACCEL_BUFFERING)
-            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"no"));
-        let status = resp.status();
-        let no_body = head_only
-            || status.is_informational()
-            || status == StatusCode::NO_CONTENT
-            || status == StatusCode::NOT_MODIFIED;
-        // A small answer of known length is already out of the app's hands (it sits in
-        // socket buffers); spooling it would only add work.
-        let small = resp.body().size_hint().exact().is_some_and(|n| n <= b.memory as u64);
-        let resp = resp.map(|inner| PooledBody::new(inner, lease, u.read_timeout));
-        Ok(if no_body || unbuffered || !b.responses || small {
-            resp.map(BodyExt::boxed)
-        } else {
-            let dir = buffer::temp_dir(b.dir.as_deref());
-            resp.map(|body| buffer::spool_response(body, b.memory, dir))
-        })
+        relayed(resp, lease, client_upgrade, mark, head_only, cfg)
     }
+}
+
+/// The upstream's answer as the client gets it: its hop-by-hop headers gone,
+/// an upgrade relayed, marked as `mark` says, its body on the way back to the
+/// pool (or spooled, as `[buffering]` says).
+fn relayed(
+    mut resp: Response<Incoming>,
+    lease: Option<Lease>,
+    client_upgrade: Option<OnUpgrade>,
+    mark: Mark,
+    head_only: bool,
+    cfg: &Config,
+) -> Result<Response<Body>, ForwardError> {
+    let (b, u) = (&cfg.buffering, &cfg.upstream);
+    // Our own HTTP/1.1 towards the client, whatever the upstream spoke (an
+    // HTTP/1.0 app's version would make hyper answer in HTTP/1.0 and close).
+    *resp.version_mut() = http::Version::HTTP_11;
+    // The connection goes back to the pool once its answer has been read to
+    // the end; an upgraded one belongs to the relay from now on.
+    let lease = lease.filter(|_| resp.status() != StatusCode::SWITCHING_PROTOCOLS);
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        // SECURITY: never switch protocols on a connection that did not ask to.
+        let client_side = client_upgrade.ok_or(ForwardError::UnaskedUpgrade)?;
+        let upstream_side = hyper::upgrade::on(&mut resp);
+        tokio::spawn(async move {
+            match tokio::try_join!(client_side, upstream_side) {
+                Ok((c, u)) => {
+                    let (mut c, mut u) = (TokioIo::new(c), TokioIo::new(u));
+                    if let Err(e) = tokio::io::copy_bidirectional(&mut c, &mut u).await {
+                        tracing::debug!(error = %e, "upgraded connection ended");
+                    }
+                }
+                Err(e) => tracing::debug!(error = %e, "upgrade failed"),
+            }
+        });
+        hop::strip(resp.headers_mut(), true);
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        hop::strip(resp.headers_mut(), false);
+    }
+    match mark {
+        Mark::None => {}
+        Mark::Bypass => {
+            resp.headers_mut()
+                .insert(X_MAINTENANCE_MODE.clone(), HeaderValue::from_static("bypass"));
+        }
+        Mark::ReadOnly => {
+            resp.headers_mut()
+                .insert(X_MAINTENANCE_MODE.clone(), HeaderValue::from_static("read-only"));
+        }
+    }
+    // nginx's convention: the app asks for this answer to be relayed unbuffered.
+    let unbuffered = resp
+        .headers_mut()
+        .remove(&X_ACCEL_BUFFERING)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"no"));
+    let status = resp.status();
+    let no_body = head_only
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED;
+    // A small answer of known length is already out of the app's hands (it sits in
+    // socket buffers); spooling it would only add work.
+    let small = resp.body().size_hint().exact().is_some_and(|n| n <= b.memory as u64);
+    let resp = resp.map(|inner| PooledBody::new(inner, lease, u.read_timeout));
+    Ok(if no_body || unbuffered || !b.responses || small {
+        resp.map(BodyExt::boxed)
+    } else {
+        let dir = buffer::temp_dir(b.dir.as_deref());
+        resp.map(|body| buffer::spool_response(body, b.memory, dir))
+    })
 }
 
 /// What a resend needs of the request: copied before gatekeeper's own

@@ -50,8 +50,6 @@ const END_OF_HEAD: u32 = u32::from_be_bytes(*b"\r\n\r\n");
 pub struct Shared {
     /// Requests whose response body has not been dropped yet.
     busy: AtomicU32,
-    /// A request has begun on this connection.
-    served: AtomicBool,
     /// The last request had no body.
     bodiless: AtomicBool,
     /// HTTP/2 or an upgrade: hyper or the tunnel reads this stream to its end.
@@ -69,17 +67,14 @@ pub struct Shared {
 
 impl Default for Shared {
     fn default() -> Self {
-        Shared::new(false)
+        Shared::new()
     }
 }
 
 impl Shared {
-    /// `served`: the connection has served a request before (it was parked):
-    /// it speaks HTTP/1.1.
-    pub fn new(served: bool) -> Self {
+    pub fn new() -> Self {
         Shared {
             busy: AtomicU32::new(0),
-            served: AtomicBool::new(served),
             bodiless: AtomicBool::new(false),
             never: AtomicBool::new(false),
             parked: Mutex::new(None),
@@ -105,19 +100,12 @@ impl Shared {
     #[inline]
     pub fn begin<B: Body>(self: &Arc<Self>, req: &Request<B>) -> Guard {
         self.busy.fetch_add(1, Relaxed);
-        self.served.store(true, Relaxed);
         self.bodiless.store(req.body().is_end_stream(), Relaxed);
         // HTTP/2 frames can end in a blank line too; hyper reads them to the end.
         if req.version() == http::Version::HTTP_2 || req.method() == http::Method::CONNECT {
             self.never.store(true, Relaxed);
         }
         Guard(Some(self.clone()))
-    }
-
-    /// Whether this connection has served a request: it speaks HTTP/1.1 (an
-    /// HTTP/2 one never parks), so its next activation needs no protocol sniffing.
-    pub fn served(&self) -> bool {
-        self.served.load(Relaxed)
     }
 
     /// The socket the wrapper parked, if it did.

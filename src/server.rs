@@ -239,7 +239,7 @@ async fn serve_active(
 ) -> Option<TcpStream> {
     let (state, shutdown) = (&local.state, &local.shutdown);
     let started = tokio::time::Instant::now();
-    let shared = Arc::new(park::Shared::new(served));
+    let shared = Arc::new(park::Shared::new());
     shared.mark_waiting();
     let proto = if served {
         // Back from parking: HTTP/1.1 requests came before, so HTTP/1.1 it is.
@@ -349,11 +349,10 @@ where
     let begun = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let svc = {
         let (begun, local) = (begun.clone(), local.clone());
-        let conn = Conn::new(peer, https, None);
+        let conn = Conn::new(peer, https, state.https_port());
         service_fn(move |req: Request<Incoming>| {
             begun.store(true, std::sync::atomic::Ordering::Relaxed);
-            let local = local.clone();
-            let conn = conn.at(&local.state);
+            let (local, conn) = (local.clone(), conn.clone());
             Box::pin(async move {
                 let resp = pipeline::handle(req, &conn, &local.state).await;
                 Ok::<_, Infallible>(resp)
@@ -409,16 +408,14 @@ where
     let limits = state.snapshot().rt.config.server.clone();
     // Plain connections have their header timeout enforced by the parking wrapper, cheaper.
     let header_timeout = park.is_none().then_some(limits.header_timeout);
-    let served = park.as_ref().is_some_and(|p| p.served());
     let local = local.clone();
-    let conn = Conn::new(peer, https, None);
+    let conn = Conn::new(peer, https, state.https_port());
     let svc = service_fn(move |req: Request<Incoming>| {
         let guard = match &park {
             Some(p) => p.begin(&req),
             None => park::Guard::none(),
         };
-        let local = local.clone();
-        let conn = conn.at(&local.state);
+        let (local, conn) = (local.clone(), conn.clone());
         async move {
             let resp = pipeline::handle(req, &conn, &local.state).await;
             guard.answered(&resp);
@@ -430,9 +427,6 @@ where
         let mut builder = auto::Builder::new(TokioExecutor::new());
         http1_settings!(builder.http1(), limits, header_timeout);
         http2_settings!(builder.http2(), limits);
-        if served {
-            builder = builder.http1_only();
-        }
         let conn = builder.serve_connection_with_upgrades(io, svc);
         drive(conn, shutdown, |c| c.graceful_shutdown()).await
     } else {
